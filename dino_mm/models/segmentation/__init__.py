@@ -1,0 +1,1 @@
+# Owned by the area that fills it; keep imports sorted.
