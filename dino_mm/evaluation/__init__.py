@@ -1,1 +1,20 @@
 # Owned by the area that fills it; keep imports sorted.
+from .feature_extraction import (extract_features, load_cached_features,
+                                 parse_data_samples, save_cached_features)
+from .knn import KNNMetric, knn_class_scores, knn_evaluate, knn_topk
+from .linear_probe import (OFFICIAL_LEARNING_RATES, LinearClassifier, LinearProbeGrid,
+                           LinearProbeMetric, LinearProbeOptimWrapperConstructor,
+                           classifier_name)
+from .log_regression import (OFFICIAL_C_GRID, LogisticRegressionMetric,
+                             eval_log_regression, fit_logistic_regression)
+from .loops import FeatureEvalTestLoop, FrozenFeatureModel
+from .metrics import accuracy_topk
+
+__all__ = [
+    'extract_features', 'load_cached_features', 'save_cached_features',
+    'parse_data_samples', 'KNNMetric', 'knn_class_scores', 'knn_evaluate', 'knn_topk',
+    'OFFICIAL_LEARNING_RATES', 'LinearClassifier', 'LinearProbeGrid', 'LinearProbeMetric',
+    'LinearProbeOptimWrapperConstructor', 'classifier_name', 'OFFICIAL_C_GRID',
+    'LogisticRegressionMetric', 'eval_log_regression', 'fit_logistic_regression',
+    'FeatureEvalTestLoop', 'FrozenFeatureModel', 'accuracy_topk'
+]

@@ -1,1 +1,18 @@
-# Owned by the area that fills it; keep imports sorted.
+"""Monocular depth: estimator, linear-bins and DPT heads, losses, visualisation.
+
+Imports mmseg (and mmcv.ops through it); not imported by ``import dino_mm`` but through the
+registry ``locations`` and :func:`dino_mm.utils.register_all_modules`.
+"""
+from .decode_head import DepthBaseDecodeHead
+from .depth_estimator import (DepthDataPreProcessor, DinoDepthEstimator, center_pad,
+                              center_padding)
+from .dpt_head import DepthOutputBlock, DPTDepthHead
+from .linear_head import LinearDepthHead
+from .losses import GradientLoss, SigLoss
+from .visualization import DepthVisualizationHook, colorize_depth
+
+__all__ = [
+    'DepthBaseDecodeHead', 'DepthDataPreProcessor', 'DinoDepthEstimator', 'center_pad',
+    'center_padding', 'DepthOutputBlock', 'DPTDepthHead', 'LinearDepthHead', 'GradientLoss',
+    'SigLoss', 'DepthVisualizationHook', 'colorize_depth'
+]

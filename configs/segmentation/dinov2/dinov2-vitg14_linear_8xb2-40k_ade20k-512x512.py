@@ -1,0 +1,14 @@
+# DINOV2 vitg14 frozen, BN + 1x1 conv on the last layer, ade20k.
+# Published mIoU: 49.0 (DINOv2 README, unverified).
+# Backbone weights: checkpoints/dinov2_vitg14_pretrain.pth (official layout, see dino_mm.hub).
+_base_ = [
+    '../../_base_/models/seg_linear.py', '../../_base_/datasets/ade20k.py',
+    '../../_base_/schedules/seg_dinov2_40k.py'
+]
+model = dict(
+    backbone=dict(
+        arch='dinov2_vitg14', out_indices=[39],
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_vitg14_pretrain.pth')),
+    decode_head=dict(
+        in_channels=[1536], in_index=[0],
+        channels=1536, num_classes=150))

@@ -1,0 +1,14 @@
+# DINOV2 vitl14 frozen, BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA, ade20k.
+# Published mIoU: 53.1 (DINOv2 model card, multiscale).
+# Backbone weights: checkpoints/dinov2_vitl14_pretrain.pth (official layout, see dino_mm.hub).
+_base_ = [
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/ade20k.py',
+    '../../_base_/schedules/seg_dinov2_40k.py'
+]
+model = dict(
+    backbone=dict(
+        arch='dinov2_vitl14', out_indices=[20, 21, 22, 23],
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_vitl14_pretrain.pth')),
+    decode_head=dict(
+        in_channels=[1024, 1024, 1024, 1024], in_index=[0, 1, 2, 3],
+        channels=4096, num_classes=150))

@@ -1,0 +1,14 @@
+# DINOV2 vits14 frozen, BN + 1x1 conv on the last layer, voc12.
+# Published mIoU: 81.7 (DINOv2 README, unverified).
+# Backbone weights: checkpoints/dinov2_vits14_pretrain.pth (official layout, see dino_mm.hub).
+_base_ = [
+    '../../_base_/models/seg_linear.py', '../../_base_/datasets/voc12.py',
+    '../../_base_/schedules/seg_dinov2_40k.py'
+]
+model = dict(
+    backbone=dict(
+        arch='dinov2_vits14', out_indices=[11],
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_vits14_pretrain.pth')),
+    decode_head=dict(
+        in_channels=[384], in_index=[0],
+        channels=384, num_classes=21))

@@ -1,0 +1,15 @@
+# DINOV3 vit7b16 frozen, BN + 1x1 conv on the last layer, ade20k.
+# Published mIoU: 55.9 (DINOv3 model card).
+# Backbone weights: checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth (official layout, see dino_mm.hub).
+_base_ = [
+    '../../_base_/models/seg_linear.py', '../../_base_/datasets/ade20k.py',
+    '../../_base_/schedules/seg_dinov3_40k.py'
+]
+model = dict(
+    backbone=dict(
+        arch='dinov3_vit7b16', out_indices=[39],
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth')),
+    decode_head=dict(
+        in_channels=[4096], in_index=[0],
+        channels=4096, num_classes=150,
+        dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)

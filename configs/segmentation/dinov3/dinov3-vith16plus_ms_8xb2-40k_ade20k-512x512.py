@@ -1,0 +1,15 @@
+# DINOV3 vith16plus frozen, BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA, ade20k.
+# Published mIoU: none published.
+# Backbone weights: checkpoints/dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth (official layout, see dino_mm.hub).
+_base_ = [
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/ade20k.py',
+    '../../_base_/schedules/seg_dinov3_40k.py'
+]
+model = dict(
+    backbone=dict(
+        arch='dinov3_vith16plus', out_indices=[28, 29, 30, 31],
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth')),
+    decode_head=dict(
+        in_channels=[1280, 1280, 1280, 1280], in_index=[0, 1, 2, 3],
+        channels=5120, num_classes=150,
+        dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)

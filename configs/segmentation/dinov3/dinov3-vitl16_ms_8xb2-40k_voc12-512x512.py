@@ -1,0 +1,15 @@
+# DINOV3 vitl16 frozen, BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA, voc12.
+# Published mIoU: none published.
+# Backbone weights: checkpoints/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth (official layout, see dino_mm.hub).
+_base_ = [
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/voc12.py',
+    '../../_base_/schedules/seg_dinov3_40k.py'
+]
+model = dict(
+    backbone=dict(
+        arch='dinov3_vitl16', out_indices=[20, 21, 22, 23],
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth')),
+    decode_head=dict(
+        in_channels=[1024, 1024, 1024, 1024], in_index=[0, 1, 2, 3],
+        channels=4096, num_classes=21,
+        dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)

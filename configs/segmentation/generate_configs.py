@@ -1,0 +1,171 @@
+"""Write the leaf segmentation configs (run from anywhere: ``python generate_configs.py``).
+
+Every leaf only states what differs from its bases: the backbone arch and layers, the
+head widths, the dataset and the schedule, plus the published mIoU in a comment.
+"""
+import os.path as osp
+from typing import Dict, List, Optional, Tuple
+
+HERE = osp.dirname(osp.abspath(__file__))
+
+# name: (arch, embed_dim, depth, backbone file name)
+DINOV2 = {
+    'vits14': ('dinov2_vits14', 384, 12, 'dinov2_vits14_pretrain.pth'),
+    'vitb14': ('dinov2_vitb14', 768, 12, 'dinov2_vitb14_pretrain.pth'),
+    'vitl14': ('dinov2_vitl14', 1024, 24, 'dinov2_vitl14_pretrain.pth'),
+    'vitg14': ('dinov2_vitg14', 1536, 40, 'dinov2_vitg14_pretrain.pth'),
+}
+DINOV3 = {
+    'vits16': ('dinov3_vits16', 384, 12, 'dinov3_vits16_pretrain_lvd1689m-08c60483.pth'),
+    'vits16plus': ('dinov3_vits16plus', 384, 12,
+                   'dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth'),
+    'vitb16': ('dinov3_vitb16', 768, 12, 'dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth'),
+    'vitl16': ('dinov3_vitl16', 1024, 24, 'dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth'),
+    'vith16plus': ('dinov3_vith16plus', 1280, 32,
+                   'dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth'),
+    'vit7b16': ('dinov3_vit7b16', 4096, 40, 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'),
+}
+# Published mIoU. ms ADE20K (DINOv2 model card) and DINOv3 linear ADE20K (model card)
+# are in SPEC 10; the others are the DINOv2 README table as remembered (unverified).
+PUBLISHED: Dict[Tuple[str, str, str], str] = {
+    ('vits14', 'linear', 'ade20k'): '44.3 (DINOv2 README, unverified)',
+    ('vitb14', 'linear', 'ade20k'): '47.3 (DINOv2 README, unverified)',
+    ('vitl14', 'linear', 'ade20k'): '47.7 (DINOv2 README, unverified)',
+    ('vitg14', 'linear', 'ade20k'): '49.0 (DINOv2 README, unverified)',
+    ('vits14', 'ms', 'ade20k'): '47.2 (DINOv2 model card, multiscale)',
+    ('vitb14', 'ms', 'ade20k'): '51.3 (DINOv2 model card, multiscale)',
+    ('vitl14', 'ms', 'ade20k'): '53.1 (DINOv2 model card, multiscale)',
+    ('vitg14', 'ms', 'ade20k'): '53.0 (DINOv2 model card, multiscale)',
+    ('vits14', 'linear', 'voc12'): '81.7 (DINOv2 README, unverified)',
+    ('vitb14', 'linear', 'voc12'): '82.1 (DINOv2 README, unverified)',
+    ('vitl14', 'linear', 'voc12'): '82.5 (DINOv2 README, unverified)',
+    ('vitg14', 'linear', 'voc12'): '83.0 (DINOv2 README, unverified)',
+    ('vits14', 'ms', 'voc12'): '82.6 (DINOv2 README, unverified)',
+    ('vitb14', 'ms', 'voc12'): '84.9 (DINOv2 README, unverified)',
+    ('vitl14', 'ms', 'voc12'): '85.2 (DINOv2 README, unverified)',
+    ('vitg14', 'ms', 'voc12'): '86.0 (DINOv2 README, unverified)',
+    ('vits16', 'linear', 'ade20k'): '47.0 (DINOv3 model card)',
+    ('vits16plus', 'linear', 'ade20k'): '48.8 (DINOv3 model card)',
+    ('vitb16', 'linear', 'ade20k'): '51.8 (DINOv3 model card)',
+    ('vitl16', 'linear', 'ade20k'): '54.9 (DINOv3 model card)',
+    ('vith16plus', 'linear', 'ade20k'): '54.8 (DINOv3 model card)',
+    ('vit7b16', 'linear', 'ade20k'): '55.9 (DINOv3 model card)',
+}
+DATASETS = {'ade20k': ('ade20k.py', 150), 'voc12': ('voc12.py', 21)}
+
+
+def head_leaf(version: str, name: str, head: str, data: str) -> Tuple[str, str]:
+    arch, dim, depth, ckpt = (DINOV2 if version == 'dinov2' else DINOV3)[name]
+    n_layers = 1 if head == 'linear' else 4
+    indices = list(range(depth - n_layers, depth))
+    data_file, num_classes = DATASETS[data]
+    schedule = f'seg_{version}_40k.py'
+    published = PUBLISHED.get((name, head, data), 'none published')
+    desc = ('BN + 1x1 conv on the last layer' if head == 'linear' else
+            'BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA')
+    lines = [
+        f'# {version.upper()} {name} frozen, {desc}, {data}.',
+        f'# Published mIoU: {published}.',
+        f'# Backbone weights: checkpoints/{ckpt} (official layout, see dino_mm.hub).',
+        '_base_ = [',
+        f"    '../../_base_/models/seg_{head}.py', '../../_base_/datasets/{data_file}',",
+        f"    '../../_base_/schedules/{schedule}'",
+        ']',
+        'model = dict(',
+        '    backbone=dict(',
+        f"        arch='{arch}', out_indices={indices},",
+        f"        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/{ckpt}')),",
+        '    decode_head=dict(',
+        f'        in_channels={[dim] * n_layers}, in_index={list(range(n_layers))},',
+        f'        channels={dim * n_layers}, num_classes={num_classes}'
+        + (',\n        dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)'
+           if version == 'dinov3' else '))'),
+    ]
+    fname = f'{version}-{name}_{head}_8xb2-40k_{data}-512x512.py'
+    return fname, '\n'.join(lines) + '\n'
+
+
+M2F_TEST_896 = """test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(3584, 896), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='dino_mm.CheckSegAnnotation', num_classes=150),
+    dict(type='PackSegInputs')
+]
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+"""
+
+
+def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
+    arch, dim, depth, ckpt = (DINOV2 if version == 'dinov2' else DINOV3)[name]
+    quarter = depth // 4
+    indices = [quarter * (i + 1) - 1 for i in range(4)]
+    if version == 'dinov2':
+        published = '60.2 (DINOv2 README, ViT-g + Mask2Former, unverified)'
+        heads, width, extra, test = 24, 256, '', "mode='slide', crop_size=(512, 512), stride=(341, 341)"
+    else:
+        published = '63.0 (DINOv3 paper, 7B + M2F, unverified)'
+        heads, width = 32, 2048
+        # SPEC 9.6: hidden_dim 2048, eval 896 px slide (stride 596) with TTA ratios.
+        test = ("mode='slide', crop_size=(896, 896), stride=(596, 596),\n"
+                '        img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1]')
+        extra = M2F_TEST_896
+    lines = [
+        f'# {version.upper()} {name} (frozen) + ViT-Adapter + Mask2Former, ADE20K.',
+        f'# Published mIoU: {published}.',
+        f'# Backbone weights: checkpoints/{ckpt}.',
+        '_base_ = [',
+        "    '../../_base_/models/seg_m2f.py', '../../_base_/datasets/ade20k.py',",
+        "    '../../_base_/schedules/seg_m2f_80k.py'",
+        ']',
+        "custom_imports = dict(imports=['mmdet.models', 'dino_mm.datasets.segmentation'],",
+        '                      allow_failed_imports=False)',
+        'model = dict(',
+        '    backbone=dict(',
+        f"        backbone=dict(arch='{arch}', init_cfg=dict(",
+        f"            type='Pretrained', checkpoint='checkpoints/{ckpt}')),",
+        f'        interaction_indexes={indices}, deform_num_heads={heads}),',
+        '    decode_head=dict(',
+        f'        in_channels={[dim] * 4}',
+    ]
+    if width != 256:
+        lines[-1] += ','
+        lines += [
+            f'        feat_channels={width}, out_channels={width},',
+            '        pixel_decoder=dict(',
+            f'            encoder=dict(layer_cfg=dict(self_attn_cfg=dict(embed_dims={width}),',
+            f'                                        ffn_cfg=dict(embed_dims={width},',
+            f'                                                     feedforward_channels={2 * width}))),',
+            f'            positional_encoding=dict(num_feats={width // 2})),',
+            f'        positional_encoding=dict(num_feats={width // 2}),',
+            '        transformer_decoder=dict(layer_cfg=dict(',
+            f'            self_attn_cfg=dict(embed_dims={width}),',
+            f'            cross_attn_cfg=dict(embed_dims={width}),',
+            f'            ffn_cfg=dict(embed_dims={width}, feedforward_channels={2 * width})))',
+        ]
+    lines[-1] += '),'
+    lines.append(f'    test_cfg=dict({test}))')
+    fname = f'{version}-{name}_vit-adapter-m2f_8xb2-80k_ade20k-512x512.py'
+    return fname, '\n'.join(lines) + '\n' + extra
+
+
+def main() -> List[str]:
+    import os
+    written = []
+    jobs = [(v, n, h, d) for v, table in (('dinov2', DINOV2), ('dinov3', DINOV3))
+            for n in table for h in ('linear', 'ms') for d in DATASETS]
+    outputs = [(v, *head_leaf(v, n, h, d)) for v, n, h, d in jobs]
+    outputs += [('dinov2', *m2f_leaf('dinov2', 'vitg14')),
+                ('dinov3', *m2f_leaf('dinov3', 'vit7b16'))]
+    for version, fname, text in outputs:
+        os.makedirs(osp.join(HERE, version), exist_ok=True)
+        path = osp.join(HERE, version, fname)
+        with open(path, 'w') as f:
+            f.write(text)
+        written.append(path)
+    return written
+
+
+if __name__ == '__main__':
+    print('\n'.join(main()))

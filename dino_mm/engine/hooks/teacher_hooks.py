@@ -1,0 +1,108 @@
+"""Hooks for the teacher schedules of DINO-style self-distillation.
+
+Teacher momentum and temperature are not optimizer hyper-parameters, so MMEngine's
+parameter schedulers cannot drive them; these hooks evaluate the official
+:class:`~dino_mm.engine.schedulers.CosineSchedule` at ``runner.iter`` (the 0-based
+index of the iteration being run, equal to the official ``iteration`` counter).
+"""
+from typing import Optional
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from torch import nn
+
+from dino_mm.engine.schedulers import CosineSchedule
+from dino_mm.registry import HOOKS
+
+__all__ = ['TeacherMomentumHook', 'TeacherTempHook']
+
+DATA_BATCH = Optional[dict]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+@HOOKS.register_module()
+class TeacherMomentumHook(Hook):
+    """Update the EMA teacher after every optimizer step with a cosine momentum.
+
+    Momentum at iteration ``it`` is the official
+    ``CosineScheduler(momentum_teacher, final_momentum_teacher, total_iters)[it]``
+    (no warm-up), and ``model.update_teacher(momentum)`` is called in
+    ``after_train_iter`` — i.e. after the optimizer step of that iteration, as in the
+    official loop. The current value is also stored in ``model.momentum_teacher`` and
+    logged as ``train/momentum_teacher``.
+
+    Args:
+        momentum_teacher (float): Starting momentum. Defaults to 0.992.
+        final_momentum_teacher (float): Final momentum. Defaults to 1.0.
+        total_iters (int, optional): Cosine length; ``runner.max_iters`` when None
+            (official: ``epochs * OFFICIAL_EPOCH_LENGTH``, which equals it).
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 momentum_teacher: float = 0.992,
+                 final_momentum_teacher: float = 1.0,
+                 total_iters: Optional[int] = None) -> None:
+        self.momentum_teacher = momentum_teacher
+        self.final_momentum_teacher = final_momentum_teacher
+        self.total_iters = total_iters
+        self.schedule: Optional[CosineSchedule] = None
+
+    def before_train(self, runner) -> None:
+        model = _unwrap(runner.model)
+        if not callable(getattr(model, 'update_teacher', None)):
+            raise TypeError(f'TeacherMomentumHook needs the model ({type(model).__name__}) '
+                            'to define update_teacher(momentum); remove the hook from '
+                            'custom_hooks or use a DINO algorithm model.')
+        total = self.total_iters if self.total_iters is not None else runner.max_iters
+        self.schedule = CosineSchedule(self.momentum_teacher, self.final_momentum_teacher,
+                                       total)
+
+    def after_train_iter(self,
+                         runner,
+                         batch_idx: int,
+                         data_batch: DATA_BATCH = None,
+                         outputs: Optional[dict] = None) -> None:
+        if self.schedule is None:
+            self.before_train(runner)
+        momentum = self.schedule(runner.iter)
+        model = _unwrap(runner.model)
+        model.update_teacher(momentum)
+        model.momentum_teacher = momentum
+        runner.message_hub.update_scalar('train/momentum_teacher', momentum)
+
+
+@HOOKS.register_module()
+class TeacherTempHook(Hook):
+    """Set ``model.teacher_temp`` before every training iteration.
+
+    Official schedule: linear from ``warmup_teacher_temp`` to ``teacher_temp`` over
+    ``warmup_iters`` (``np.linspace`` including the endpoint), then constant
+    ``teacher_temp``.
+
+    Args:
+        warmup_teacher_temp (float): Starting temperature. Defaults to 0.04.
+        teacher_temp (float): Temperature after the warm-up. Defaults to 0.07.
+        warmup_iters (int): Warm-up length in iterations (official:
+            ``warmup_teacher_temp_epochs * OFFICIAL_EPOCH_LENGTH``, 30 x 1250).
+            Defaults to 37500.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 warmup_teacher_temp: float = 0.04,
+                 teacher_temp: float = 0.07,
+                 warmup_iters: int = 37500) -> None:
+        self.schedule = CosineSchedule(teacher_temp, teacher_temp, total_iters=warmup_iters,
+                                       warmup_iters=warmup_iters,
+                                       start_warmup_value=warmup_teacher_temp)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
+        temp = self.schedule(runner.iter)
+        _unwrap(runner.model).teacher_temp = temp
+        runner.message_hub.update_scalar('train/teacher_temp', temp)

@@ -1,0 +1,257 @@
+"""Per-iteration schedules of the official DINOv2 / DINOv3 recipes.
+
+The official training loops index pre-computed numpy arrays with the global iteration
+number. Here the same values are produced in closed form by :class:`CosineSchedule`
+(so a 1.2M-iteration schedule costs nothing to build) and applied through
+
+* :class:`DINOCosineParamScheduler` — an MMEngine parameter scheduler for ``lr`` and
+  ``weight_decay`` that honours the per-group ``lr_mult`` / ``wd_mult`` /
+  ``is_last_layer`` keys written by
+  :class:`~dino_mm.engine.optimizers.LayerDecayOptimWrapperConstructor`;
+* the teacher hooks in :mod:`dino_mm.engine.hooks` (momentum and temperature are not
+  optimizer hyper-parameters, so they cannot be parameter schedulers).
+
+Iteration semantics (identical to the official loop): the value used *during* training
+iteration ``it`` (0-based, ``runner.iter`` inside the hooks) is ``schedule[it]``.
+MMEngine builds a parameter scheduler by calling ``step()`` once (``last_step`` 0) and
+steps it after every iteration, so ``last_step == it`` when iteration ``it`` runs.
+"""
+import math
+from typing import List, Optional
+
+from mmengine.dist import get_world_size
+from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
+from torch.optim import Optimizer
+
+from dino_mm.registry import PARAM_SCHEDULERS
+
+__all__ = [
+    'CosineSchedule', 'scale_lr', 'DINOCosineParamScheduler', 'SCALING_RULES'
+]
+
+
+class CosineSchedule:
+    """The official ``CosineScheduler`` as a pure function of the iteration.
+
+    Layout over ``[0, total_iters)``: ``freeze_iters`` zeros, then ``warmup_iters``
+    values of ``np.linspace(start_warmup_value, base_value, warmup_iters)`` (the
+    endpoint **is** included, so the last warm-up iteration already equals
+    ``base_value``), then a half cosine from ``base_value`` to ``final_value`` over the
+    remaining ``n = total - warmup - freeze`` iterations, evaluated at ``j / n`` for
+    ``j = 0 .. n-1`` (so ``final_value`` itself is never reached inside the range).
+    From ``total_iters`` on, ``final_value`` is returned.
+
+    ``zero_until`` reproduces how the official code freezes the DINO head's last
+    layer: it copies the lr schedule and overwrites its first entries with 0.
+
+    Args:
+        base_value (float): Value at the end of the warm-up / start of the cosine.
+        final_value (float): Value the cosine decays to; returned after the end.
+        total_iters (int): Length of the schedule in iterations.
+        warmup_iters (int): Linear warm-up length. Defaults to 0.
+        start_warmup_value (float): First warm-up value. Defaults to 0.
+        freeze_iters (int): Leading iterations at exactly 0. Defaults to 0.
+        zero_until (int): Iterations ``< zero_until`` (and ``< total_iters``) return 0.
+            Defaults to 0.
+    """
+
+    def __init__(self,
+                 base_value: float,
+                 final_value: float,
+                 total_iters: int,
+                 warmup_iters: int = 0,
+                 start_warmup_value: float = 0.,
+                 freeze_iters: int = 0,
+                 zero_until: int = 0) -> None:
+        total_iters, warmup_iters, freeze_iters = int(total_iters), int(warmup_iters), int(
+            freeze_iters)
+        if min(total_iters, warmup_iters, freeze_iters, int(zero_until)) < 0:
+            raise ValueError('CosineSchedule: iteration counts must be >= 0, got '
+                             f'total_iters={total_iters}, warmup_iters={warmup_iters}, '
+                             f'freeze_iters={freeze_iters}, zero_until={zero_until}.')
+        if warmup_iters + freeze_iters > total_iters:
+            raise ValueError(
+                f'CosineSchedule: warmup_iters ({warmup_iters}) + freeze_iters '
+                f'({freeze_iters}) exceed total_iters ({total_iters}); the official '
+                'scheduler fails on this too. Lengthen training or shorten the warm-up.')
+        self.base_value = float(base_value)
+        self.final_value = float(final_value)
+        self.total_iters = total_iters
+        self.warmup_iters = warmup_iters
+        self.start_warmup_value = float(start_warmup_value)
+        self.freeze_iters = freeze_iters
+        self.zero_until = int(zero_until)
+
+    def __call__(self, it: int) -> float:
+        if it < 0:
+            raise ValueError(f'CosineSchedule: iteration must be >= 0, got {it}.')
+        if it >= self.total_iters:
+            return self.final_value
+        if it < self.zero_until or it < self.freeze_iters:
+            return 0.
+        it -= self.freeze_iters
+        if it < self.warmup_iters:
+            if self.warmup_iters == 1:  # np.linspace(a, b, 1) == [a]
+                return self.start_warmup_value
+            step = (self.base_value - self.start_warmup_value) / (self.warmup_iters - 1)
+            if it == self.warmup_iters - 1:  # linspace pins the endpoint exactly
+                return self.base_value
+            return self.start_warmup_value + it * step
+        it -= self.warmup_iters
+        n = self.total_iters - self.warmup_iters - self.freeze_iters
+        return self.final_value + 0.5 * (self.base_value - self.final_value) * (
+            1 + math.cos(math.pi * it / n))
+
+    __getitem__ = __call__
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(base_value={self.base_value}, '
+                f'final_value={self.final_value}, total_iters={self.total_iters}, '
+                f'warmup_iters={self.warmup_iters}, '
+                f'start_warmup_value={self.start_warmup_value}, '
+                f'freeze_iters={self.freeze_iters}, zero_until={self.zero_until})')
+
+
+#: Official learning-rate scaling rules. ``B`` is the total batch (per GPU x GPUs).
+SCALING_RULES = {
+    # DINOv2 ``sqrt_wrt_1024``: base lr is given for a batch of 1024.
+    'sqrt_wrt_1024': lambda lr, b: lr * math.sqrt(b / 1024.),
+    # DINOv3 ``sqrt_wrt_1024`` carries an extra x4 (its ``optim.lr`` is for 256).
+    'sqrt_wrt_1024_v3': lambda lr, b: lr * 4. * math.sqrt(b / 1024.),
+    'linear_wrt_256': lambda lr, b: lr * b / 256.,
+}
+
+
+def scale_lr(base_lr: float,
+             scaling_rule: Optional[str],
+             batch_size_per_gpu: int,
+             world_size: Optional[int] = None) -> float:
+    """Apply an official lr scaling rule.
+
+    Args:
+        base_lr (float): Learning rate from the config.
+        scaling_rule (str, optional): One of ``'sqrt_wrt_1024'`` (DINOv2),
+            ``'sqrt_wrt_1024_v3'`` (DINOv3's rule of the same name, with its x4),
+            ``'linear_wrt_256'`` (DINOv3), or None for no scaling.
+        batch_size_per_gpu (int): Per-process batch size.
+        world_size (int, optional): Number of processes; read from
+            ``mmengine.dist.get_world_size()`` when None.
+
+    Returns:
+        float: The scaled learning rate.
+    """
+    if scaling_rule is None:
+        return float(base_lr)
+    if scaling_rule not in SCALING_RULES:
+        raise ValueError(f'Unknown lr scaling_rule {scaling_rule!r}; choose one of '
+                         f'{sorted(SCALING_RULES)} or None.')
+    if world_size is None:
+        world_size = get_world_size()
+    return SCALING_RULES[scaling_rule](float(base_lr), int(batch_size_per_gpu) * world_size)
+
+
+@PARAM_SCHEDULERS.register_module()
+class DINOCosineParamScheduler(_ParamScheduler):
+    """Official DINO lr / weight-decay schedule as an MMEngine parameter scheduler.
+
+    For ``param_name='lr'`` every optimizer group gets
+    ``schedule(it) * group['lr_mult']``, except groups with ``group['is_last_layer']``
+    which get 0 while ``it < freeze_last_layer_iters`` (the official "last layer lr"
+    schedule). For ``param_name='weight_decay'`` every group gets
+    ``schedule(it) * group['wd_mult']``. Missing keys default to ``lr_mult=1``,
+    ``wd_mult=1``, ``is_last_layer=False``, so the scheduler also works with
+    MMEngine's default constructor.
+
+    The scheduler always steps per iteration (``by_epoch=False``); give lengths in
+    iterations (official: ``epochs * OFFICIAL_EPOCH_LENGTH``).
+
+    Args:
+        optimizer (Optimizer | OptimWrapper): Wrapped optimizer.
+        param_name (str): ``'lr'`` or ``'weight_decay'``.
+        base_value (float): Peak value (lr before scaling, or starting wd).
+        final_value (float): Final value (``min_lr`` or ``weight_decay_end``).
+        total_iters (int): Schedule length in iterations.
+        warmup_iters (int): Linear warm-up length. Defaults to 0.
+        start_warmup_value (float): First warm-up value. Defaults to 0.
+        freeze_iters (int): Leading iterations at value 0 for every group.
+            Defaults to 0.
+        freeze_last_layer_iters (int): Iterations during which ``is_last_layer``
+            groups get lr 0 (only for ``'lr'``). Defaults to 0.
+        scaling_rule (str, optional): If set, ``base_value`` is scaled with
+            :func:`scale_lr` (``final_value`` is not, as in the official code).
+        batch_size_per_gpu (int, optional): Needed when ``scaling_rule`` is set.
+        begin (int): Accepted for config compatibility; must be 0 (the schedule is a
+            function of the absolute iteration, as in the official loop).
+        end (int): Ignored. MMEngine's runner fills ``end`` with ``max_epochs`` when a
+            scheduler dict has no ``by_epoch=False``, which would silently stop the
+            schedule after one iteration; the official schedule instead runs for the
+            whole training and returns ``final_value`` after ``total_iters``.
+        last_step (int): Defaults to -1 (fresh start).
+        verbose (bool): Print every update. Defaults to False.
+    """
+
+    def __init__(self,
+                 optimizer: Optimizer,
+                 param_name: str,
+                 base_value: float,
+                 final_value: float,
+                 total_iters: int,
+                 warmup_iters: int = 0,
+                 start_warmup_value: float = 0.,
+                 freeze_iters: int = 0,
+                 freeze_last_layer_iters: int = 0,
+                 scaling_rule: Optional[str] = None,
+                 batch_size_per_gpu: Optional[int] = None,
+                 begin: int = 0,
+                 end: int = INF,
+                 last_step: int = -1,
+                 by_epoch: bool = False,
+                 verbose: bool = False) -> None:
+        if param_name not in ('lr', 'weight_decay'):
+            raise ValueError("DINOCosineParamScheduler: param_name must be 'lr' or "
+                             f"'weight_decay', got {param_name!r}.")
+        if by_epoch:
+            raise ValueError('DINOCosineParamScheduler follows the official per-iteration '
+                             'schedule; set by_epoch=False and give lengths in '
+                             'iterations (epochs * epoch_length).')
+        if begin != 0:
+            raise ValueError('DINOCosineParamScheduler: begin must be 0; shift the schedule '
+                             'with freeze_iters / warmup_iters instead.')
+        if freeze_last_layer_iters and param_name != 'lr':
+            raise ValueError('freeze_last_layer_iters only applies to param_name="lr".')
+        if scaling_rule is not None:
+            if batch_size_per_gpu is None:
+                raise ValueError(f'scaling_rule={scaling_rule!r} needs batch_size_per_gpu '
+                                 '(the per-process batch size of the train dataloader).')
+            base_value = scale_lr(base_value, scaling_rule, batch_size_per_gpu)
+        self.schedule = CosineSchedule(base_value, final_value, total_iters, warmup_iters,
+                                       start_warmup_value, freeze_iters)
+        self.last_layer_schedule = CosineSchedule(
+            base_value, final_value, total_iters, warmup_iters, start_warmup_value,
+            freeze_iters, zero_until=freeze_last_layer_iters)
+        super().__init__(optimizer, param_name, begin=0, end=INF,
+                         last_step=last_step, by_epoch=False, verbose=verbose)
+
+    def state_dict(self) -> dict:
+        """Scheduler state without the schedule objects.
+
+        The schedules are rebuilt from the config, and keeping only plain Python
+        values lets checkpoints load with ``torch.load(weights_only=True)``.
+        """
+        state = super().state_dict()
+        state.pop('schedule', None)
+        state.pop('last_layer_schedule', None)
+        return state
+
+    def _get_value(self) -> List[float]:
+        it = self.last_step
+        value = self.schedule(it)
+        values = []
+        for group in self.optimizer.param_groups:
+            if self.param_name == 'lr':
+                base = self.last_layer_schedule(it) if group.get('is_last_layer',
+                                                                 False) else value
+                values.append(base * group.get('lr_mult', 1.))
+            else:
+                values.append(value * group.get('wd_mult', 1.))
+        return values

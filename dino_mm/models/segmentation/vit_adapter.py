@@ -1,0 +1,279 @@
+"""ViT-Adapter on a frozen DINO ViT, producing a 4-level pyramid for Mask2Former.
+
+The adapter (Chen et al., "Vision Transformer Adapter for Dense Predictions", 2022)
+has a convolutional *spatial prior module* that produces stride 4/8/16/32 features,
+and *extractors*: multi-scale deformable cross-attention from the pyramid tokens
+(queries) to the ViT patch tokens (values), followed by a convolutional FFN.
+
+This implementation follows the frozen-backbone form used for the DINOv3 7B
+segmentor: the ViT runs once (no gradients) and its outputs at ``interaction_indexes``
+feed one extractor each; the original adapter's *injectors* (which write back into
+the ViT stream and need gradients through every block) are not used. (unverified:
+exact layer-by-layer match with the official ``dinov3_adapter``; no official
+checkpoint can be converted without that file.) Deformable attention comes from
+``mmcv.ops.MultiScaleDeformableAttention``; on CPU it runs mmcv's pure PyTorch
+``multi_scale_deformable_attn_pytorch`` (grid_sample) path, on CUDA the compiled op.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule, build_norm_layer
+from mmcv.ops import MultiScaleDeformableAttention
+from mmengine.model import BaseModule
+from timm.layers import DropPath
+from torch import Tensor
+
+from dino_mm.registry import MODELS
+
+Shapes = List[Tuple[int, int]]
+
+
+def _reference_points(shapes: Shapes, device: torch.device) -> Tensor:
+    """Normalised (x, y) centres of every token of every level, shape (N, 2)."""
+    points = []
+    for h, w in shapes:
+        ys, xs = torch.meshgrid(
+            (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h,
+            (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w,
+            indexing='ij')
+        points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1))
+    return torch.cat(points, dim=0)
+
+
+def _level_index(shapes: Shapes, device: torch.device) -> Tuple[Tensor, Tensor]:
+    spatial = torch.as_tensor(shapes, dtype=torch.long, device=device)
+    areas = spatial[:, 0] * spatial[:, 1]
+    start = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    return spatial, start
+
+
+class SpatialPriorModule(nn.Module):
+    """Conv stem giving stride-4 features and stride-8/16/32 tokens, all ``embed_dim``.
+
+    Args:
+        inplanes (int): Width of the stem (doubled at stride 8, quadrupled after).
+        embed_dim (int): Output channels (the ViT width).
+        norm_cfg (dict): Norm layer config of the convolutions.
+    """
+
+    def __init__(self, inplanes: int, embed_dim: int, norm_cfg: dict) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int, stride: int) -> ConvModule:
+            return ConvModule(cin, cout, 3, stride=stride, padding=1, bias=False,
+                              norm_cfg=norm_cfg, act_cfg=dict(type='ReLU'))
+
+        self.stem = nn.Sequential(
+            conv(3, inplanes, 2), conv(inplanes, inplanes, 1), conv(inplanes, inplanes, 1),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        self.conv2 = conv(inplanes, 2 * inplanes, 2)
+        self.conv3 = conv(2 * inplanes, 4 * inplanes, 2)
+        self.conv4 = conv(4 * inplanes, 4 * inplanes, 2)
+        self.fc1 = nn.Conv2d(inplanes, embed_dim, 1)
+        self.fc2 = nn.Conv2d(2 * inplanes, embed_dim, 1)
+        self.fc3 = nn.Conv2d(4 * inplanes, embed_dim, 1)
+        self.fc4 = nn.Conv2d(4 * inplanes, embed_dim, 1)
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        c1 = self.stem(x)
+        c2 = self.conv2(c1)
+        c3 = self.conv3(c2)
+        c4 = self.conv4(c3)
+        return [self.fc1(c1), self.fc2(c2), self.fc3(c3), self.fc4(c4)]
+
+
+class ConvFFN(nn.Module):
+    """Token FFN with a depthwise 3x3 conv applied to each pyramid level's map.
+
+    Args:
+        dim (int): Token width.
+        hidden_dim (int): Hidden width.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor, shapes: Shapes) -> Tensor:
+        x = self.fc1(x)
+        b, _, c = x.shape
+        parts, start = [], 0
+        for h, w in shapes:
+            part = x[:, start:start + h * w].transpose(1, 2).reshape(b, c, h, w)
+            parts.append(self.dwconv(part).flatten(2).transpose(1, 2))
+            start += h * w
+        return self.fc2(self.act(torch.cat(parts, dim=1)))
+
+
+class Extractor(nn.Module):
+    """Deformable cross-attention from pyramid tokens to ViT tokens, then ConvFFN.
+
+    Args:
+        dim (int): Token width.
+        num_heads (int): Deformable attention heads.
+        n_points (int): Sampling points per head.
+        deform_ratio (float): ``value_proj_ratio`` of the deformable attention.
+        with_cffn (bool): Whether to add the ConvFFN.
+        cffn_ratio (float): Hidden width ratio of the ConvFFN.
+        drop_path (float): Stochastic depth rate of the ConvFFN branch.
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float,
+                 with_cffn: bool, cffn_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.query_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.feat_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MultiScaleDeformableAttention(
+            embed_dims=dim, num_heads=num_heads, num_levels=1, num_points=n_points,
+            dropout=0.0, batch_first=True, value_proj_ratio=deform_ratio)
+        self.ffn = ConvFFN(dim, int(dim * cffn_ratio)) if with_cffn else None
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-6) if with_cffn else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, query: Tensor, reference_points: Tensor, feat: Tensor,
+                feat_shape: Tuple[int, int], query_shapes: Shapes) -> Tensor:
+        spatial, start = _level_index([feat_shape], query.device)
+        query = self.attn(
+            query=self.query_norm(query), value=self.feat_norm(feat), identity=query,
+            reference_points=reference_points, spatial_shapes=spatial,
+            level_start_index=start)
+        if self.ffn is not None:
+            query = query + self.drop_path(self.ffn(self.ffn_norm(query), query_shapes))
+        return query
+
+
+@MODELS.register_module()
+class DinoViTAdapter(BaseModule):
+    """Frozen DINO ViT + adapter returning (stride 4, 8, 16, 32) feature maps.
+
+    Args:
+        backbone (dict): Config of the ViT, e.g.
+            ``dict(type='dino_mm.DinoVisionTransformer', arch='dinov3_vit7b16')``.
+            It must provide ``get_intermediate_layers`` and ``embed_dim``.
+        interaction_indexes (Sequence[int]): Block indices whose (normalised) patch
+            tokens feed the extractors, e.g. ``[9, 19, 29, 39]`` for the 7B.
+        conv_inplane (int): Stem width of the spatial prior module. Defaults to 64.
+        deform_num_heads (int): Heads of the deformable attention. Defaults to 16.
+        n_points (int): Sampling points per head. Defaults to 4.
+        deform_ratio (float): Value projection ratio. Defaults to 0.5.
+        with_cffn (bool): Use the ConvFFN in extractors. Defaults to True.
+        cffn_ratio (float): ConvFFN hidden ratio. Defaults to 0.25.
+        drop_path_rate (float): Stochastic depth of the ConvFFN branch. Defaults to 0.
+        use_extra_extractor (bool): Two more extractors on the last ViT output.
+            Defaults to True.
+        add_vit_feature (bool): Add the resized ViT maps to the pyramid. Defaults to True.
+        backbone_norm (bool): Apply the ViT's final norm to its outputs. Defaults to True.
+        freeze_backbone (bool): Keep the ViT frozen, in eval mode and without autograd.
+            Defaults to True.
+        norm_cfg (dict): Norm of the convolutions and output norms.
+            Defaults to ``dict(type='SyncBN', requires_grad=True)``.
+        init_cfg (dict, optional): mmengine init config. Defaults to None.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 interaction_indexes: Sequence[int],
+                 conv_inplane: int = 64,
+                 deform_num_heads: int = 16,
+                 n_points: int = 4,
+                 deform_ratio: float = 0.5,
+                 with_cffn: bool = True,
+                 cffn_ratio: float = 0.25,
+                 drop_path_rate: float = 0.0,
+                 use_extra_extractor: bool = True,
+                 add_vit_feature: bool = True,
+                 backbone_norm: bool = True,
+                 freeze_backbone: bool = True,
+                 norm_cfg: dict = dict(type='SyncBN', requires_grad=True),
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.backbone = MODELS.build(backbone)
+        dim = getattr(self.backbone, 'embed_dim', None)
+        if dim is None or not hasattr(self.backbone, 'get_intermediate_layers'):
+            raise TypeError(
+                f'DinoViTAdapter needs a ViT with `embed_dim` and '
+                f'`get_intermediate_layers`; {type(self.backbone).__name__} (from '
+                f"backbone type={backbone.get('type')!r}) lacks them.")
+        if len(interaction_indexes) == 0:
+            raise ValueError('interaction_indexes must name at least one ViT block')
+        self.interaction_indexes = [int(i) for i in interaction_indexes]
+        self.embed_dim = dim
+        self.patch_size = getattr(self.backbone, 'patch_size', None)
+        self.add_vit_feature = add_vit_feature
+        self.backbone_norm = backbone_norm
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+        self.level_embed = nn.Parameter(torch.zeros(3, dim))
+        self.spm = SpatialPriorModule(conv_inplane, dim, norm_cfg)
+        n_extract = len(self.interaction_indexes) + (2 if use_extra_extractor else 0)
+        self.extractors = nn.ModuleList([
+            Extractor(dim, deform_num_heads, n_points, deform_ratio, with_cffn,
+                      cffn_ratio, drop_path_rate) for _ in range(n_extract)
+        ])
+        self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
+        self.norms = nn.ModuleList(
+            [build_norm_layer(norm_cfg, dim)[1] for _ in range(4)])
+
+    def init_weights(self) -> None:
+        # The ViT keeps its own (pretrained or official) init; only the adapter
+        # parts are initialised here.
+        super().init_weights()
+        nn.init.normal_(self.level_embed, std=0.02)
+
+    def train(self, mode: bool = True) -> 'DinoViTAdapter':
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def _vit_features(self, x: Tensor) -> List[Tensor]:
+        def run() -> List[Tensor]:
+            return list(self.backbone.get_intermediate_layers(
+                x, n=self.interaction_indexes, reshape=True, norm=self.backbone_norm))
+
+        if self.freeze_backbone:
+            with torch.no_grad():
+                return run()
+        return run()
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return pyramid maps at strides 4, 8, 16, 32 (each ``embed_dim`` channels)."""
+        vit_maps = self._vit_features(x)
+        c1, c2, c3, c4 = self.spm(x)
+        shapes = [tuple(c.shape[2:]) for c in (c2, c3, c4)]
+        tokens = [c.flatten(2).transpose(1, 2) + self.level_embed[i]
+                  for i, c in enumerate((c2, c3, c4))]
+        query = torch.cat(tokens, dim=1)
+        ref = _reference_points(shapes, x.device)[None, :, None, :].expand(
+            x.shape[0], -1, 1, -1)
+
+        feats = vit_maps + [vit_maps[-1]] * (len(self.extractors) - len(vit_maps))
+        for extractor, vit in zip(self.extractors, feats):
+            query = extractor(query, ref, vit.flatten(2).transpose(1, 2),
+                              tuple(vit.shape[2:]), shapes)
+
+        b, _, d = query.shape
+        outs, start = [], 0
+        for h, w in shapes:
+            outs.append(query[:, start:start + h * w].transpose(1, 2).reshape(b, d, h, w))
+            start += h * w
+        c2, c3, c4 = outs
+        c1 = c1 + F.interpolate(self.up(c2), size=c1.shape[2:], mode='bilinear',
+                                align_corners=False)
+        pyramid = [c1, c2, c3, c4]
+        if self.add_vit_feature:
+            # With fewer than four interaction layers the last ViT map is reused.
+            vits = (vit_maps + [vit_maps[-1]] * 4)[:4] if len(vit_maps) < 4 else vit_maps[-4:]
+            pyramid = [
+                c + F.interpolate(v, size=c.shape[2:], mode='bilinear', align_corners=False)
+                for c, v in zip(pyramid, vits)
+            ]
+        return tuple(norm(c) for norm, c in zip(self.norms, pyramid))

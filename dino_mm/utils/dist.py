@@ -1,0 +1,43 @@
+"""Collective helpers that degrade to no-ops in a single process.
+
+The SSL losses reduce statistics across ranks (teacher centers, Sinkhorn-Knopp sums). They must
+also run in a plain single-process script or a unit test, where no process group exists, so
+every helper here checks for an initialised default group first.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    """Whether a default process group is available and initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    """Number of ranks in the default group, 1 without a process group."""
+    return dist.get_world_size() if is_dist() else 1
+
+
+def get_rank() -> int:
+    """Rank in the default group, 0 without a process group."""
+    return dist.get_rank() if is_dist() else 0
+
+
+def all_reduce(tensor: torch.Tensor,
+               async_op: bool = False) -> Optional[dist.Work]:
+    """Sum ``tensor`` in place over all ranks.
+
+    Args:
+        tensor (torch.Tensor): Tensor reduced in place.
+        async_op (bool): Return the work handle instead of waiting. Defaults to False.
+
+    Returns:
+        Optional[dist.Work]: The handle when ``async_op`` is set and a process group
+        exists, otherwise None (the tensor is then already final).
+    """
+    if not is_dist():
+        return None
+    handle = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=async_op)
+    return handle if async_op else None
