@@ -53,12 +53,17 @@ STRATEGIES = Registry('strategy', parent=MMENGINE_STRATEGIES, scope='dino_mm',
 LOG_PROCESSORS = Registry('log processor', parent=MMENGINE_LOG_PROCESSORS,
                           scope='dino_mm', locations=['dino_mm.engine'])
 
+# Dense-task datasets import mmseg / mmdet, so they are only imported on lookup.
+_DATASET_LOCATIONS = [
+    'dino_mm.datasets', 'dino_mm.datasets.depth', 'dino_mm.datasets.segmentation',
+    'dino_mm.datasets.detection'
+]
 DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='dino_mm',
-                    locations=['dino_mm.datasets'])
+                    locations=_DATASET_LOCATIONS)
 DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='dino_mm',
                          locations=['dino_mm.datasets'])
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='dino_mm',
-                      locations=['dino_mm.datasets.transforms'])
+                      locations=['dino_mm.datasets.transforms'] + _DATASET_LOCATIONS[1:])
 FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='dino_mm',
                      locations=['dino_mm.datasets'])
 

@@ -4,13 +4,16 @@ The exported graph returns the two normalised outputs of ``forward_features``
 (``x_norm_clstoken`` (B, D) and ``x_norm_patchtokens`` (B, N, D)), the pair most
 downstream code consumes; dicts are avoided because neither tracing nor ONNX keep them.
 """
+import contextlib
 import os
 import os.path as osp
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+
+from .extractors import backbone_patch_size
 
 
 class FeatureExportWrapper(nn.Module):
@@ -34,6 +37,32 @@ def _example(size: Tuple[int, int], batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, int(size[0]), int(size[1]))
 
 
+@contextlib.contextmanager
+def _frozen_pos_embed(backbone: nn.Module, size: Tuple[int, int]) -> Iterator[None]:
+    """While tracing, serve DINOv2's interpolated position embedding as a constant.
+
+    Under the tracer, image sizes are tensors, and the official interpolation computes
+    its bicubic scale factors from them, which ``F.interpolate`` rejects. A trace is
+    specific to one input size anyway, so the embedding for that size is computed
+    eagerly and returned as is (DINOv3's RoPE needs nothing of the kind).
+    """
+    method = getattr(backbone, 'interpolate_pos_encoding', None)
+    if method is None or getattr(backbone, 'pos_embed', None) is None:
+        yield
+        return
+    patch = backbone_patch_size(backbone)
+    # The official signature: tokens (B, 1 + h*w, D) without registers, then h, w.
+    probe = backbone.pos_embed.new_zeros(
+        1, 1 + (size[0] // patch) * (size[1] // patch), backbone.pos_embed.shape[-1])
+    with torch.no_grad():
+        fixed = method(probe, int(size[0]), int(size[1])).detach()
+    backbone.interpolate_pos_encoding = lambda x, h, w: fixed.to(x.dtype)
+    try:
+        yield
+    finally:
+        del backbone.interpolate_pos_encoding
+
+
 def export_torchscript(backbone: nn.Module, path: str,
                        example_size: Tuple[int, int] = (224, 224),
                        method: str = 'trace') -> torch.jit.ScriptModule:
@@ -55,7 +84,8 @@ def export_torchscript(backbone: nn.Module, path: str,
     """
     wrapper = FeatureExportWrapper(backbone.eval()).eval()
     if method == 'trace':
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _frozen_pos_embed(
+                backbone, example_size):
             warnings.simplefilter('ignore', torch.jit.TracerWarning)
             module = torch.jit.trace(wrapper, _example(example_size), check_trace=False)
     elif method == 'script':
@@ -73,56 +103,89 @@ def export_torchscript(backbone: nn.Module, path: str,
 
 
 def export_onnx(backbone: nn.Module, path: str, example_size: Tuple[int, int] = (224, 224),
-                dynamic: bool = True, opset: Optional[int] = None) -> Dict[str, Any]:
+                dynamic: bool = True, opset: int = 17,
+                check_sizes: Sequence[Tuple[int, int]] = (), atol: float = 1e-4,
+                exporter: str = 'torchscript') -> Dict[str, Any]:
     """Save an ONNX graph of ``FeatureExportWrapper(backbone)`` and check it.
 
     With ``dynamic=True`` the batch, height and width axes are exported as symbolic
-    dimensions through the dynamo exporter; if the model code cannot be exported with
-    symbolic sizes, a static graph for ``example_size`` is written instead and the
-    returned ``dynamic`` flag says so.
+    dimensions. Model code that cannot be exported with symbolic sizes (DINOv2's
+    position-embedding interpolation computes python scale factors from the size) gets
+    a static graph for ``example_size`` instead; the returned ``dynamic`` flag says
+    which one was written.
 
     Args:
         backbone (nn.Module): The backbone.
         path (str): Output ``.onnx`` file.
         example_size (tuple[int, int]): (H, W) of the example input. Defaults to 224.
         dynamic (bool): Ask for dynamic batch / height / width. Defaults to True.
-        opset (int, optional): ONNX opset; None lets torch choose. Defaults to None.
+        opset (int): ONNX opset. Defaults to 17.
+        check_sizes (Sequence[tuple[int, int]]): Sizes at which a dynamic graph is run
+            with onnxruntime (when installed) and compared with eager outputs, because
+            exporters can silently bake size-dependent arithmetic into constants; a
+            graph that fails is replaced by a static one. Defaults to ().
+        atol (float): Tolerance of that check. Defaults to 1e-4.
+        exporter (str): ``'torchscript'`` (``torch.onnx.export(dynamo=False)``, about a
+            second for small models) or ``'dynamo'`` (``torch.export`` based; much
+            slower to export). Defaults to 'torchscript'.
 
     Returns:
-        dict: ``path``, ``dynamic`` (whether the graph has symbolic H/W) and
-        ``exporter`` ('dynamo' or 'torchscript').
+        dict: ``path``, ``dynamic`` (whether the graph has symbolic H/W),
+        ``input_shape`` and, when the dynamic attempt failed, ``dynamic_error``.
     """
     import onnx
+    if exporter not in ('torchscript', 'dynamo'):
+        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}.")
     wrapper = FeatureExportWrapper(backbone.eval()).eval()
     example = (_example(example_size), )
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    kwargs: Dict[str, Any] = dict(input_names=['images'],
-                                  output_names=['cls_token', 'patch_tokens'])
-    if opset is not None:
-        kwargs['opset_version'] = opset
-    info: Dict[str, Any] = {'path': path, 'dynamic': False, 'exporter': 'dynamo'}
+    names = dict(input_names=['images'], output_names=['cls_token', 'patch_tokens'])
+    info: Dict[str, Any] = {'path': path, 'exporter': exporter}
+    exported = False
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        exported = False
         if dynamic:
-            dim = torch.export.Dim
-            shapes = ({0: dim('batch', min=1, max=1024), 2: dim.AUTO, 3: dim.AUTO}, )
             try:
-                program = torch.onnx.export(wrapper, example, dynamo=True,
-                                            dynamic_shapes=shapes, **kwargs)
-                program.save(path)
+                if exporter == 'dynamo':
+                    dim = torch.export.Dim
+                    shapes = ({0: dim('batch', min=1, max=1024), 2: dim.AUTO,
+                               3: dim.AUTO}, )
+                    torch.onnx.export(wrapper, example, dynamo=True, dynamic_shapes=shapes,
+                                      opset_version=opset, **names).save(path)
+                else:
+                    axes = {'images': {0: 'batch', 2: 'height', 3: 'width'},
+                            'cls_token': {0: 'batch'},
+                            'patch_tokens': {0: 'batch', 1: 'patches'}}
+                    torch.onnx.export(wrapper, example, path, dynamo=False,
+                                      dynamic_axes=axes, opset_version=opset, **names)
                 exported = True
             except Exception as err:  # noqa: BLE001 - fall back to a static graph
                 info['dynamic_error'] = f'{type(err).__name__}: {str(err)[:300]}'
+            if exported and check_sizes:
+                error = _check_onnx(backbone, path, check_sizes, atol)
+                if error:
+                    info['dynamic_error'] = error
+                    exported = False
         if not exported:
-            program = torch.onnx.export(wrapper, example, dynamo=True, **kwargs)
-            program.save(path)
+            with _frozen_pos_embed(backbone, example_size):
+                torch.onnx.export(wrapper, example, path, dynamo=False, opset_version=opset,
+                                  **names)
     model = onnx.load(path)
     onnx.checker.check_model(model)
-    in_shape = model.graph.input[0].type.tensor_type.shape.dim
-    info['dynamic'] = any(d.dim_param for d in list(in_shape)[2:])
-    info['input_shape'] = [d.dim_param or d.dim_value for d in in_shape]
+    dims = list(model.graph.input[0].type.tensor_type.shape.dim)
+    info['dynamic'] = any(d.dim_param for d in dims[2:])
+    info['input_shape'] = [d.dim_param or d.dim_value for d in dims]
     return info
+
+
+def _check_onnx(backbone: nn.Module, path: str, sizes: Sequence[Tuple[int, int]],
+                atol: float) -> Optional[str]:
+    runner = onnx_runner(path)
+    if runner is None:
+        return None
+    diffs = max_abs_diff(backbone, runner, sizes)
+    bad = {k: v for k, v in diffs.items() if v > atol}
+    return f'dynamic graph differs from eager: {bad}' if bad else None
 
 
 def onnx_runner(path: str) -> Optional[Callable[[torch.Tensor], List[torch.Tensor]]]:
@@ -142,14 +205,24 @@ def onnx_runner(path: str) -> Optional[Callable[[torch.Tensor], List[torch.Tenso
 
 def max_abs_diff(backbone: nn.Module, exported: Callable, sizes: Sequence[Tuple[int, int]],
                  batch: int = 1) -> Dict[Tuple[int, int], float]:
-    """Largest absolute difference between eager and exported outputs per input size."""
+    """Largest absolute difference between eager and exported outputs per input size.
+
+    A size the exported model cannot run, or runs with wrong output shapes (a graph
+    specialised to another size), counts as ``inf``.
+    """
     wrapper = FeatureExportWrapper(backbone.eval()).eval()
     diffs = {}
     for size in sizes:
         x = _example(size, batch)
         with torch.no_grad():
             ref = wrapper(x)
-            out = exported(x)
-        diffs[tuple(size)] = max(float((r - torch.as_tensor(o)).abs().max())
-                                 for r, o in zip(ref, out))
+            try:
+                out = [torch.as_tensor(o) for o in exported(x)]
+            except Exception:  # noqa: BLE001 - onnxruntime / TorchScript error types vary
+                diffs[tuple(size)] = float('inf')
+                continue
+        if [r.shape for r in ref] != [o.shape for o in out]:
+            diffs[tuple(size)] = float('inf')
+        else:
+            diffs[tuple(size)] = max(float((r - o).abs().max()) for r, o in zip(ref, out))
     return diffs

@@ -14,7 +14,7 @@ import logging
 import os
 import os.path as osp
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

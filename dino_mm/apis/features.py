@@ -294,17 +294,19 @@ def patch_labels_from_mask(mask: np.ndarray, grid: Tuple[int, int],
 
 
 class ForegroundClassifier:
-    """Logistic regression on (L2-normalised) patch features -> foreground probability.
+    """Logistic regression on patch features -> foreground probability.
 
     Args:
         C (float): Inverse regularisation strength of scikit-learn's
             ``LogisticRegression``. Defaults to 0.1 (the value the DINOv3 notebook
             selects by cross-validation).
         max_iter (int): Solver iterations. Defaults to 1000.
-        normalize (bool): L2-normalise features first. Defaults to True.
+        normalize (bool): L2-normalise features first. Off by default, like the
+            notebook; with it, the logits shrink with the feature norm, so raise ``C``.
+            Defaults to False.
     """
 
-    def __init__(self, C: float = 0.1, max_iter: int = 1000, normalize: bool = True) -> None:
+    def __init__(self, C: float = 0.1, max_iter: int = 1000, normalize: bool = False) -> None:
         from sklearn.linear_model import LogisticRegression
         self.normalize = normalize
         self.model = LogisticRegression(C=C, max_iter=max_iter, random_state=0)

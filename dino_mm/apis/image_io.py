@@ -147,7 +147,7 @@ def to_tensor(image: np.ndarray, grid: Tuple[int, int], patch_size: int,
         torch.Tensor: float32 (3, rows * patch, cols * patch).
     """
     out_h, out_w = grid[0] * patch_size, grid[1] * patch_size
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
     if x.shape[1:] != (out_h, out_w):
         # bicubic + antialias is the resize the official inference transforms use.
         x = F.interpolate(x[None], size=(out_h, out_w), mode='bicubic', antialias=True,

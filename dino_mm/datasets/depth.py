@@ -17,7 +17,7 @@ from mmengine.fileio import get_local_path
 
 from dino_mm.registry import DATASETS, TRANSFORMS
 
-__all__ = ['NYUDepthDataset', 'KITTIDepthDataset', 'LoadDepthMap', 'KBCrop']
+__all__ = ['NYUDepthDataset', 'KITTIDepthDataset', 'LoadDepthMap', 'KBCrop', 'RandomBrightness']
 
 
 class _DepthListDataset(BaseDataset):
@@ -213,4 +213,29 @@ class KBCrop(BaseTransform):
             results[key] = results[key][sl]
         results['img_shape'] = results['img'].shape[:2]
         results['kb_crop'] = (top, left)
+        return results
+
+
+@TRANSFORMS.register_module()
+class RandomBrightness(BaseTransform):
+    """Multiply the image by a factor drawn uniformly from ``factor_range`` (DINOv3 NYU depth
+    training uses [0.75, 1.25]); depth is untouched. mmseg's ``PhotoMetricDistortion`` cannot
+    switch off its hue / saturation steps, hence this transform.
+
+    Args:
+        factor_range (tuple[float, float]): Range of the brightness factor.
+            Defaults to (0.75, 1.25).
+        prob (float): Probability of applying it. Defaults to 1.0.
+    """
+
+    def __init__(self, factor_range: Tuple[float, float] = (0.75, 1.25),
+                 prob: float = 1.0) -> None:
+        self.factor_range = factor_range
+        self.prob = prob
+
+    def transform(self, results: dict) -> dict:
+        if np.random.rand() < self.prob:
+            factor = np.random.uniform(*self.factor_range)
+            img = results['img'].astype(np.float32) * factor
+            results['img'] = np.clip(img, 0, 255).astype(results['img'].dtype)
         return results

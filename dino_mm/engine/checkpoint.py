@@ -254,7 +254,7 @@ def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.devi
                 f'trust the file, set {UNSAFE_ENV}=1 to load it with the full unpickler, '
                 f'or re-save it with dino_mm.engine.checkpoint.atomic_torch_save.') from err
         raise CheckpointError(_corrupt_message(filename, err)) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # torch raises many types for damaged files
         raise CheckpointError(_corrupt_message(filename, err)) from err
     return from_plain(ckpt)
 
@@ -280,7 +280,7 @@ class PlainCheckpointHook(Hook):
 
 def register_safe_checkpointing() -> None:
     """Install the atomic local backend and the safe local checkpoint loader."""
-    register_backend('local', AtomicLocalBackend, force=True)
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
     CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local_safe, force=True)
 
 

@@ -1,4 +1,4 @@
-# Owned by the area that fills it; keep imports sorted.
+from .depth_metric import DepthMetric, compute_depth_metrics, depth_eval_mask
 from .feature_extraction import (extract_features, load_cached_features,
                                  parse_data_samples, save_cached_features)
 from .knn import KNNMetric, knn_class_scores, knn_evaluate, knn_topk
@@ -11,6 +11,7 @@ from .loops import FeatureEvalTestLoop, FrozenFeatureModel
 from .metrics import accuracy_topk
 
 __all__ = [
+    'DepthMetric', 'compute_depth_metrics', 'depth_eval_mask',
     'extract_features', 'load_cached_features', 'save_cached_features',
     'parse_data_samples', 'KNNMetric', 'knn_class_scores', 'knn_evaluate', 'knn_topk',
     'OFFICIAL_LEARNING_RATES', 'LinearClassifier', 'LinearProbeGrid', 'LinearProbeMetric',

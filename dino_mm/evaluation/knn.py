@@ -129,7 +129,9 @@ def knn_class_scores(train_features: torch.Tensor,
     sims, labels = knn_topk(train_features, train_labels, test_features, ks[-1],
                             batch_size=batch_size, normalize=normalize,
                             shard_across_ranks=shard_across_ranks)
-    weights = torch.softmax(sims.float() / temperature, dim=1)
+    # At least fp32 for the softmax; float64 features keep float64 (exact comparisons).
+    sims = sims.to(torch.promote_types(sims.dtype, torch.float32))
+    weights = torch.softmax(sims / temperature, dim=1)
     scores = {}
     for k in ks:
         s = weights.new_zeros(weights.shape[0], num_classes)

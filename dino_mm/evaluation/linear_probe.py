@@ -36,9 +36,15 @@ OFFICIAL_LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3,
                            5e-2, 0.1)
 
 
-def classifier_name(n_blocks: int, avgpool: bool, lr: float) -> str:
-    """Official classifier name, e.g. ``classifier_4_blocks_avgpool_True_lr_0_00050``."""
-    return f'classifier_{n_blocks}_blocks_avgpool_{avgpool}_lr_{lr:.5f}'.replace('.', '_')
+def classifier_name(n_blocks: int, avgpool: bool, lr: float, decimals: int = 5) -> str:
+    """Official classifier name, e.g. ``classifier_4_blocks_avgpool_True_lr_0_00050``.
+
+    ``decimals`` > 5 is only used when scaled learning rates collide at 5 decimals
+    (upstream then silently overwrote classifiers; e.g. batch 128 on one GPU scales
+    1e-5 and 2e-5 to 5e-6 and 1e-5, both named ``lr_0_00001``).
+    """
+    return f'classifier_{n_blocks}_blocks_avgpool_{avgpool}_lr_{lr:.{decimals}f}'.replace(
+        '.', '_')
 
 
 class LinearClassifier(nn.Module):
@@ -87,6 +93,9 @@ class LinearProbeGrid(BaseModel):
             when None.
         autocast_dtype (str | torch.dtype, optional): Run the backbone under autocast
             (the official probe uses fp16 on GPU). Defaults to None (off).
+        backbone_checkpoint (str, optional): Official-layout backbone file (or a
+            training checkpoint with a 'backbone.' prefix), loaded strictly at
+            construction. Defaults to None.
         data_preprocessor (dict, optional): E.g. ``dict(type='ImgDataPreprocessor',
             mean=..., std=..., bgr_to_rgb=True)``.
         init_cfg (dict, optional): MMEngine init config.
@@ -102,10 +111,15 @@ class LinearProbeGrid(BaseModel):
                  base_batch_size: int = 256,
                  embed_dim: Optional[int] = None,
                  autocast_dtype: Optional[Union[str, torch.dtype]] = None,
+                 backbone_checkpoint: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
+        if backbone_checkpoint is not None:
+            # Loaded here, not through init_cfg: Runner.test() never calls init_weights.
+            from dino_mm.models.backbones import load_checkpoint_strict
+            load_checkpoint_strict(self.backbone, backbone_checkpoint)
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         embed_dim = embed_dim or getattr(self.backbone, 'embed_dim', None)
@@ -117,19 +131,20 @@ class LinearProbeGrid(BaseModel):
         self.autocast_dtype = autocast_dtype
         self.n_last_blocks = max(n_last_blocks_list)
         scale = batch_size_per_gpu * dist.get_world_size() / base_batch_size
+        grid = [(n, avgpool, base_lr * scale) for n in n_last_blocks_list
+                for avgpool in avgpools for base_lr in learning_rates]
+        decimals = 5
+        while len({classifier_name(*g, decimals) for g in grid}) < len(grid):
+            decimals += 1
+            if decimals > 12:
+                raise ValueError(f'duplicate entries in the probe grid: {grid}')
         self.classifiers = nn.ModuleDict()
         self.learning_rates: Dict[str, float] = {}
-        for n in n_last_blocks_list:
-            for avgpool in avgpools:
-                for base_lr in learning_rates:
-                    lr = base_lr * scale
-                    name = classifier_name(n, avgpool, lr)
-                    if name in self.classifiers:
-                        raise ValueError(f'two grid entries share the name {name}; the '
-                                         'learning rates differ by less than 1e-5')
-                    self.classifiers[name] = LinearClassifier(
-                        (n + int(avgpool)) * embed_dim, n, avgpool, num_classes)
-                    self.learning_rates[name] = lr
+        for n, avgpool, lr in grid:
+            name = classifier_name(n, avgpool, lr, decimals)
+            self.classifiers[name] = LinearClassifier(
+                (n + int(avgpool)) * embed_dim, n, avgpool, num_classes)
+            self.learning_rates[name] = lr
 
     def init_weights(self) -> None:
         """Initialise the backbone only: the probes keep their official init."""

@@ -34,6 +34,9 @@ class FrozenFeatureModel(BaseModel):
             loads an official-layout file.
         autocast_dtype (str | torch.dtype, optional): Autocast dtype for the backbone
             (the official evaluations use fp16 on GPU). Defaults to None (off).
+        backbone_checkpoint (str, optional): Official-layout backbone file (or a
+            training checkpoint with a 'backbone.' prefix), loaded strictly at
+            construction. Defaults to None.
         data_preprocessor (dict, optional): E.g. ``dict(type='ImgDataPreprocessor', ...)``.
         init_cfg (dict, optional): MMEngine init config.
     """
@@ -41,10 +44,15 @@ class FrozenFeatureModel(BaseModel):
     def __init__(self,
                  backbone: Union[dict, nn.Module],
                  autocast_dtype: Optional[Union[str, torch.dtype]] = None,
+                 backbone_checkpoint: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
+        if backbone_checkpoint is not None:
+            # Loaded here, not through init_cfg: Runner.test() never calls init_weights.
+            from dino_mm.models.backbones import load_checkpoint_strict
+            load_checkpoint_strict(self.backbone, backbone_checkpoint)
         self.backbone.requires_grad_(False)
         if isinstance(autocast_dtype, str):
             autocast_dtype = getattr(torch, autocast_dtype)

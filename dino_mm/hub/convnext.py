@@ -55,10 +55,11 @@ def _resolve_weights(size: str, weights: Optional[str]) -> str:
 
 def _make_convnext(size: str, pretrained: bool, weights: Optional[str],
                    **kwargs: Any) -> DinoConvNeXt:
-    model = DinoConvNeXt(arch=size, **kwargs)
     if not pretrained and weights is None:
-        return model
+        return DinoConvNeXt(arch=size, **kwargs)
+    # Resolve the file before building, so a missing file fails fast.
     path = _resolve_weights(size, weights)
+    model = DinoConvNeXt(arch=size, **kwargs)
     state_dict = torch.load(path, map_location='cpu', weights_only=True)
     from dino_mm.models.converters import convert_state_dict
     state_dict = convert_state_dict(state_dict, to='official', family='dinov3_convnext')

@@ -15,14 +15,17 @@ k-bias (it is multiplied by a zero ``bias_mask`` anyway) and the RoPE periods (r
 timm drops the mask token and folds DINOv2-reg's class position embedding into the class
 token.
 """
+import json
+import os
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
 __all__ = [
-    'FAMILIES', 'LAYOUTS', 'detect_layout', 'convert_state_dict', 'unwrap_state_dict',
-    'unchunk_blocks', 'dinov3_rope_periods'
+    'FAMILIES', 'LAYOUTS', 'LayoutError', 'detect_layout', 'convert_state_dict',
+    'unwrap_state_dict', 'unchunk_blocks', 'dinov3_rope_periods', 'load_state_dict_file',
+    'save_state_dict_file'
 ]
 
 FAMILIES = ('dinov2_vit', 'dinov3_vit', 'dinov3_convnext')
@@ -513,3 +516,72 @@ def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
     if to == 'hf':
         return _vit_official_to_hf(official, family)
     return _vit_official_to_timm(official, family)
+
+
+# ---------------------------------------------------------------------------- file I/O
+_HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+def load_state_dict_file(path: str) -> Tuple[StateDict, Dict[str, Any]]:
+    """Read a backbone state dict from a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors``
+    file or a HF model directory.
+
+    Returns:
+        tuple: ``(state_dict, hf_config)``; ``hf_config`` is the directory's
+        ``config.json`` (empty for plain files). ``.pth`` files are read with
+        ``weights_only=True``.
+    """
+    path = os.path.expanduser(str(path))
+    config: Dict[str, Any] = {}
+    if os.path.isdir(path):
+        cfg_path = os.path.join(path, 'config.json')
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                config = json.load(f)
+        found = [os.path.join(path, n) for n in _HF_WEIGHT_FILES
+                 if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise FileNotFoundError(f'{path} is a directory but holds none of '
+                                    f'{_HF_WEIGHT_FILES} (sharded HF checkpoints are not '
+                                    f'supported; merge them first).')
+        path = found[0]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist.')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return dict(load_file(path)), config
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch raises many types for damaged / unsafe files
+        raise LayoutError(f'cannot read {path!r} as a tensor-only checkpoint '
+                          f'(torch.load weights_only=True): {str(err).splitlines()[0]}. '
+                          f'Training checkpoints: use tools/convert/pretrain_to_backbone.py.'
+                          ) from err
+    return unwrap_state_dict(obj), config
+
+
+def save_state_dict_file(sd: Mapping[str, torch.Tensor], path: str) -> str:
+    """Write ``sd`` atomically (``<path>.tmp`` then ``os.replace``).
+
+    ``.safetensors`` paths (or an existing directory, which receives
+    ``model.safetensors``) are written with safetensors, anything else with ``torch.save``.
+    Tensors are made contiguous and un-aliased (safetensors refuses shared storage, e.g.
+    the ConvNeXt ``norms.3`` alias). Returns the path written.
+    """
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        path = os.path.join(path, 'model.safetensors')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    plain = {k: v.detach().clone().contiguous() for k, v in sd.items()}
+    tmp = path + '.tmp'
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import save_file
+            save_file(plain, tmp, metadata={'format': 'pt'})
+        else:
+            torch.save(plain, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

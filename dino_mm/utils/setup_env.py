@@ -14,8 +14,12 @@ def register_all_modules(init_default_scope: bool = True) -> None:
     """
     import dino_mm.apis  # noqa: F401
     import dino_mm.datasets  # noqa: F401
+    import dino_mm.datasets.depth  # noqa: F401
+    import dino_mm.datasets.detection  # noqa: F401
+    import dino_mm.datasets.segmentation  # noqa: F401
     import dino_mm.engine  # noqa: F401
     import dino_mm.evaluation  # noqa: F401
+    import dino_mm.hub  # noqa: F401
     import dino_mm.models  # noqa: F401
     import dino_mm.models.depth  # noqa: F401
     import dino_mm.models.detection  # noqa: F401

@@ -48,3 +48,19 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
+# mmseg-style TTA for `tools/test.py --tta` (the "ms" models also do multi-scale + flip
+# inside DinoEncoderDecoder through test_cfg.img_ratios / flip, which needs no flag).
+tta_model = dict(type='SegTTAModel')
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale_factor=r, keep_ratio=True)
+             for r in [1.0, 1.32, 1.73, 2.28, 3.0]],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='LoadAnnotations')],
+            [dict(type='PackSegInputs')]
+        ])
+]

@@ -15,7 +15,7 @@ model = dict(
         seg_pad_val=255,
         size=(512, 512)),
     freeze_backbone=False,  # the ViT inside the adapter is frozen by the adapter
-    pad_to_patch=True,
+    pad_to_patch=False,  # the adapter pads for its ViT only (convs work at any size)
     backbone=dict(
         type='dino_mm.DinoViTAdapter',
         backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vitg14'),

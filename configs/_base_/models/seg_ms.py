@@ -1,7 +1,8 @@
 # DINO "ms" segmentation probe: frozen ViT, last four layers resized + concatenated,
 # BN + 1x1 conv, multi-scale + flip test-time augmentation (official DINOv2 "+ms").
 # img_ratios: the official notebook lists [1.0, 1.32, 1.73, 2.28, 3.0] (unverified:
-# the hosted configs were not readable offline).
+# the hosted configs were not readable offline, and the DINOv2 paper may evaluate
+# "+ms" with 640 px crops).
 _base_ = ['./seg_linear.py']
 model = dict(
     backbone=dict(out_indices=[8, 9, 10, 11]),

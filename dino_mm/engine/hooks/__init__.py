@@ -1,4 +1,8 @@
 # Owned by the area that fills it; keep imports sorted.
+from .gram_hooks import GramTeacherRefreshHook, LossWeightScheduleHook, StageCheckpointHook
 from .teacher_hooks import TeacherMomentumHook, TeacherTempHook
 
-__all__ = ['TeacherMomentumHook', 'TeacherTempHook']
+__all__ = [
+    'GramTeacherRefreshHook', 'LossWeightScheduleHook', 'StageCheckpointHook',
+    'TeacherMomentumHook', 'TeacherTempHook'
+]

@@ -1,1 +1,8 @@
-__all__ = []
+from .dinov2 import DINOv2
+from .dinov3 import DINOv3, MultiResolutionBatchSampler, MultiResolutionDataset
+from .distillation import DINOv3Distillation, MultiDistillation
+
+__all__ = [
+    'DINOv2', 'DINOv3', 'DINOv3Distillation', 'MultiDistillation', 'MultiResolutionBatchSampler',
+    'MultiResolutionDataset'
+]

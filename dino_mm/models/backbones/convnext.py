@@ -105,10 +105,12 @@ class DinoConvNeXt(BaseModule):
         out_indices (Sequence[int], optional): Stages (0-3, negatives allowed) returned by
             :meth:`forward` for dense tasks. Defaults to None (only the class token).
         out_type (str, optional): What :meth:`forward` returns: ``'cls'`` the normalised
-            pooled token (B, C) like the official model; ``'featmap'`` a tuple of NCHW maps
-            for ``out_indices``; ``'cls_featmap'`` a tuple of ``(map, pooled)`` pairs;
-            ``'avg_featmap'`` a tuple of pooled (B, C) vectors per stage. Defaults to None:
-            ``'cls'`` without ``out_indices``, ``'featmap'`` with them.
+            pooled token (B, C) like the official model (with ``out_indices``: a tuple of
+            pooled tokens per stage, as ``DinoVisionTransformer`` does); ``'featmap'`` a
+            tuple of NCHW maps for ``out_indices``; ``'cls_featmap'`` a tuple of
+            ``(map, pooled)`` pairs; ``'avg_featmap'`` is an alias of ``'cls'`` with
+            ``out_indices``. Defaults to None: ``'cls'`` without ``out_indices``,
+            ``'featmap'`` with them.
         norm_featmaps (bool): Apply ``norms[i]`` (identity for stages 0-2, the final
             LayerNorm for stage 3) to the maps/pooled tokens returned by :meth:`forward`,
             as official ``get_intermediate_layers(norm=True)`` does. Defaults to True.
@@ -184,6 +186,9 @@ class DinoConvNeXt(BaseModule):
             out_type = 'cls' if out_indices is None else 'featmap'
         if out_type not in _OUT_TYPES:
             raise ValueError(f'DinoConvNeXt: out_type={out_type!r} is not one of {_OUT_TYPES}.')
+        if out_type == 'avg_featmap':
+            out_type = 'cls'
+            out_indices = out_indices if out_indices is not None else [0, 1, 2, 3]
         if out_type != 'cls' and out_indices is None:
             out_indices = [0, 1, 2, 3]
         self.out_indices = out_indices
@@ -317,9 +322,10 @@ class DinoConvNeXt(BaseModule):
     # ------------------------------------------------------------------ mm* API
     def forward(self, x: torch.Tensor, is_training: bool = False
                 ) -> Union[torch.Tensor, Dict[str, torch.Tensor], Tuple]:
-        """``out_type='cls'``: ``head(x_norm_clstoken)`` like the official model (or the
-        whole dict when ``is_training``); otherwise a tuple over ``out_indices``."""
-        if self.out_type == 'cls':
+        """``out_type='cls'`` without ``out_indices``: ``head(x_norm_clstoken)`` like the
+        official model (the whole dict when ``is_training``); otherwise a tuple with one
+        entry per ``out_indices`` stage (see ``out_type``)."""
+        if self.out_type == 'cls' and self.out_indices is None:
             ret = self.forward_features(x)
             return ret if is_training else self.head(ret['x_norm_clstoken'])
         _, maps = self._forward_stages(x, self.out_indices)
@@ -335,5 +341,5 @@ class DinoConvNeXt(BaseModule):
             elif self.out_type == 'cls_featmap':
                 outs.append((fmap, pooled))
             else:
-                outs.append(pooled)
+                outs.append(pooled)  # 'cls' with out_indices
         return tuple(outs)

@@ -257,7 +257,7 @@ class DinoVisionTransformer(BaseModule):
         if cfg['drop_path_uniform'] or version == 'v3':
             dpr = [drop_path_rate] * L
         else:
-            dpr = torch.linspace(0, drop_path_rate, L).tolist()
+            dpr = [drop_path_rate * i / max(L - 1, 1) for i in range(L)]
         norm_factory = build_norm_layer(cfg['norm_layer'])
         blocks = [
             Block(D, self.num_heads, ffn_ratio=cfg['ffn_ratio'], qkv_bias=cfg['qkv_bias'],
@@ -572,7 +572,8 @@ class DinoVisionTransformer(BaseModule):
         """
         if self.out_indices is None and self.out_type == 'cls':
             return self.head(self.forward_features(x)['x_norm_clstoken'])
-        indices = self.out_indices if self.out_indices is not None else [self.n_blocks - 1]
+        indices = self.out_indices if self.out_indices is not None else [-1]
+        indices = [self._check_index(i, self.n_blocks) for i in indices]
         tokens, hw = self.prepare_tokens_with_masks(x)
         _, outputs = self._run_blocks(tokens, hw, indices)
         order = sorted(set(indices))

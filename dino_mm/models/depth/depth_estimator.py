@@ -57,6 +57,8 @@ class DepthDataPreProcessor(SegDataPreProcessor):
         bgr_to_rgb (bool): Convert BGR (cv2-loaded) images to RGB. Defaults to True.
         seg_pad_val (float): Must be 0. Defaults to 0.
         **kwargs: Other ``SegDataPreProcessor`` arguments (size, size_divisor, pad_val, ...).
+            Without ``size`` / ``size_divisor``, training batches are padded (bottom/right)
+            to the largest image, i.e. ``size_divisor=1``.
     """
 
     def __init__(self,
@@ -68,6 +70,10 @@ class DepthDataPreProcessor(SegDataPreProcessor):
         if seg_pad_val != 0:
             raise ValueError(f'DepthDataPreProcessor: seg_pad_val={seg_pad_val} would pad depth '
                              'maps with a real-looking depth; depth padding must be 0 (invalid).')
+        if kwargs.get('size') is None and kwargs.get('size_divisor') is None:
+            # mmseg's stack_batch needs one of them in training; patch-size padding is done
+            # by the estimator (center padding), so batches are only padded to a common size.
+            kwargs['size_divisor'] = 1
         super().__init__(mean=mean, std=std, bgr_to_rgb=bgr_to_rgb, seg_pad_val=0, **kwargs)
 
 

@@ -48,7 +48,8 @@ class DPTDepthHead(DepthBaseDecodeHead):
     Official DINOv2 ``_dd`` head: ``embed_dims=D``, ``post_process_channels=[D/8, D/4, D/2, D]``,
     ``channels=256``, ``readout_type='project'`` (needs (map, cls) backbone outputs), no norm,
     regression ``ReLU(x) + min_depth``. The DINOv3 7B depther uses ``readout_type='ignore'``,
-    ``channels=512``, ``post_process_channels=[2048]*4``, BatchNorm and 256 bins (``classify=True``).
+    ``channels=512``, ``post_process_channels=[2048]*4``, BatchNorm and 256 bins
+    (``classify=True``).
 
     Args:
         embed_dims (int): Backbone embedding dim D. Defaults to 768.
@@ -81,7 +82,8 @@ class DPTDepthHead(DepthBaseDecodeHead):
                  **kwargs) -> None:
         if len(in_index) != 4 or len(post_process_channels) != 4:
             raise ValueError('DPTDepthHead needs exactly four backbone layers: got in_index='
-                             f'{list(in_index)}, post_process_channels={list(post_process_channels)}.')
+                             f'{list(in_index)}, post_process_channels='
+                             f'{list(post_process_channels)}.')
         if in_channels is None:
             in_channels = [embed_dims] * 4
         super().__init__(in_channels=list(in_channels), channels=channels,

@@ -32,7 +32,7 @@ class DepthVisualizationHook(Hook):
     """Write ``image | ground truth | prediction`` panels (coloured depth) for test samples.
 
     Follows the arguments of mmseg's ``SegVisualizationHook`` / mmdet's ``DetVisualizationHook``
-    so ``tools/test.py --show-dir DIR`` can switch it on (``draw=True``, ``test_out_dir=DIR``).
+    so ``tools/test.py --show-dir DIR`` can switch it on (``draw=True``, ``show_dir=DIR``).
 
     Args:
         draw (bool): Whether to write anything. Defaults to False.
@@ -40,6 +40,9 @@ class DepthVisualizationHook(Hook):
         test_out_dir (str, optional): Output folder; a relative path is put under
             ``work_dir/<timestamp>/``. Defaults to None (then the visualizer's ``save_dir``
             or ``work_dir/<timestamp>/vis_depth``).
+        show_dir (str, optional): Same as ``test_out_dir`` (set by ``tools/test.py
+            --show-dir``); takes precedence.
+        out_dir (str, optional): Alias of ``test_out_dir``.
         max_depth (float, optional): Fixed colour range end; default: per image, the
             largest ground-truth or predicted depth.
     """
@@ -50,12 +53,13 @@ class DepthVisualizationHook(Hook):
                  draw: bool = False,
                  interval: int = 1,
                  test_out_dir: Optional[str] = None,
+                 show_dir: Optional[str] = None,
                  out_dir: Optional[str] = None,
                  max_depth: Optional[float] = None,
                  **kwargs) -> None:
         self.draw = draw
         self.interval = interval
-        self.test_out_dir = test_out_dir or out_dir
+        self.test_out_dir = show_dir or test_out_dir or out_dir
         self.max_depth = max_depth
         self._out = None
 

@@ -1,1 +1,5 @@
-# Owned by the area that fills it; keep imports sorted.
+# Detection glue for mmdet's DETR-style detectors (imports mmdet through the datasets).
+from dino_mm.datasets.detection import CheckedCocoDataset
+from .neck import LayerNorm2d, ViTSimpleFeaturePyramid
+
+__all__ = ['ViTSimpleFeaturePyramid', 'LayerNorm2d', 'CheckedCocoDataset']

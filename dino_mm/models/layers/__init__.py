@@ -1,7 +1,7 @@
 from .attention import Attention, LinearKMaskedBias, xformers_available
 from .block import Block
-from .drop_path import DropPath, batch_subset_residual
-from .ffn import (Mlp, SwiGLUFFN, SwiGLUFFNFused, build_ffn, swiglu_hidden_dim_v2,
+from .drop_path import batch_subset_residual
+from .ffn import (SwiGLUFFN, SwiGLUFFNFused, build_ffn, swiglu_hidden_dim_v2,
                   swiglu_hidden_dim_v3)
 from .layer_scale import LayerScale
 from .norm import RMSNorm, build_norm_layer

@@ -24,8 +24,10 @@ from mmcv.ops import MultiScaleDeformableAttention
 from mmengine.model import BaseModule
 from timm.layers import DropPath
 from torch import Tensor
+from torchvision.ops import roi_align
 
 from dino_mm.registry import MODELS
+from .center_padding import center_pad, center_pad_amounts
 
 Shapes = List[Tuple[int, int]]
 
@@ -203,7 +205,9 @@ class DinoViTAdapter(BaseModule):
             raise ValueError('interaction_indexes must name at least one ViT block')
         self.interaction_indexes = [int(i) for i in interaction_indexes]
         self.embed_dim = dim
-        self.patch_size = getattr(self.backbone, 'patch_size', None)
+        # Not named `patch_size`: the segmentor must not pad the whole image, since the
+        # convolutional branch and Mask2Former work at any size (see _vit_features).
+        self.vit_patch_size = int(getattr(self.backbone, 'patch_size', 1))
         self.add_vit_feature = add_vit_feature
         self.backbone_norm = backbone_norm
         self.freeze_backbone = freeze_backbone
@@ -235,14 +239,35 @@ class DinoViTAdapter(BaseModule):
         return self
 
     def _vit_features(self, x: Tensor) -> List[Tensor]:
+        """ViT patch maps covering exactly the (possibly unpadded) image ``x``.
+
+        The ViT needs a multiple of its patch size, so ``x`` is center-padded for it;
+        the padded border is then cut out of each map with ``roi_align`` so that the
+        features stay aligned with the pyramid and with the Mask2Former masks, which
+        are computed on the unpadded image.
+        """
+        p = self.vit_patch_size
+        h, w = x.shape[2:]
+        padded = center_pad(x, p) if p > 1 else x
+
         def run() -> List[Tensor]:
             return list(self.backbone.get_intermediate_layers(
-                x, n=self.interaction_indexes, reshape=True, norm=self.backbone_norm))
+                padded, n=self.interaction_indexes, reshape=True, norm=self.backbone_norm))
 
         if self.freeze_backbone:
             with torch.no_grad():
-                return run()
-        return run()
+                maps = run()
+        else:
+            maps = run()
+        if padded is x:
+            return maps
+        top, left = center_pad_amounts(h, p)[0], center_pad_amounts(w, p)[0]
+        box = torch.tensor([[left / p, top / p, (left + w) / p, (top + h) / p]],
+                           dtype=maps[0].dtype, device=x.device)
+        boxes = [box] * x.shape[0]
+        size = (max(1, round(h / p)), max(1, round(w / p)))
+        return [roi_align(m, boxes, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+                for m in maps]
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Return pyramid maps at strides 4, 8, 16, 32 (each ``embed_dim`` channels)."""

@@ -122,12 +122,7 @@ def test_momentum_hook_total_iters_and_bad_model(tmp_path):
         runner.train()
 
 
-def test_temp_hook_unwraps_model_wrapper():
-    from mmengine.model import MMDistributedDataParallel  # noqa: F401  (registry check)
-
-    class Wrapped:
-        pass
-
+def test_temp_hook_beyond_warmup_without_runner():
     hook = TeacherTempHook(0.04, 0.07, warmup_iters=2)
 
     class FakeRunner:

@@ -49,7 +49,9 @@ def test_forward_and_grads_match_official_after_loading_its_weights():
             ref.mlp[0].weight, ref.mlp[0].bias, ref.mlp[2].weight, ref.mlp[2].bias,
             ref.mlp[4].weight, ref.mlp[4].bias, ref.last_layer.weight_g, ref.last_layer.weight_v
     ]):
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-5, atol=1e-7, msg=name)
+        # Relative to the largest entry: gradients through the L2 normalisation reach ~1e3.
+        err = (p.grad - p_ref.grad).abs().max() / p_ref.grad.abs().max()
+        assert err < 1e-5, (name, err.item())
 
 
 def test_registered_and_deepcopyable():

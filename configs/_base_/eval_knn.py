@@ -1,0 +1,19 @@
+# k-NN evaluation (SPEC §9.1): L2-normalised class token, cosine similarity,
+# softmax(sim / 0.07) voting, k in (10, 20, 100, 200). Run with
+#   python tools/test.py configs/eval/knn/<leaf>.py <backbone.pth> --work-dir <dir>
+# (set model.backbone_checkpoint=<official backbone file>; it is loaded strictly).
+_base_ = ['./datasets/eval_imagenet.py', './default_runtime.py']
+
+model = dict(
+    type='dino_mm.FrozenFeatureModel',
+    backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14'),
+    backbone_checkpoint=None,
+    data_preprocessor={{_base_.data_preprocessor}})
+
+test_cfg = dict(
+    type='dino_mm.FeatureEvalTestLoop',
+    train_dataloader={{_base_.train_feature_dataloader}},
+    cache_dir=None)  # e.g. 'features' (under --work-dir) to reuse training features
+test_evaluator = dict(type='dino_mm.KNNMetric', ks=(10, 20, 100, 200), temperature=0.07,
+                      topk=(1, 5))
+custom_hooks = []

@@ -1,0 +1,8 @@
+# dinov2-vits14 frozen backbone, dpt depth head, NYU.
+# Published: no number in the official repositories for this head
+# (reference: linear4 NYU-D RMSE 0.417).
+_base_ = ['../_base_/models/depth_dpt.py', '../_base_/datasets/nyu.py',
+          '../_base_/schedules/depth_38k.py']
+model = dict(
+    backbone=dict(arch='dinov2_vits14', out_indices=[2, 5, 8, 11]),
+    decode_head=dict(embed_dims=384, post_process_channels=[48, 96, 192, 384], max_depth=10.0))

@@ -1,0 +1,11 @@
+# dinov3-vitl16 frozen backbone, dpt depth head, KITTI.
+# Published KITTI numbers: not stated in the official repositories (paper only).
+_base_ = ['../_base_/models/depth_dpt.py', '../_base_/datasets/kitti.py',
+          '../_base_/schedules/depth_38k.py']
+model = dict(
+    backbone=dict(arch='dinov3_vitl16', out_indices=[4, 11, 17, 23],
+                  out_type='featmap', norm_out=True),
+    decode_head=dict(embed_dims=1024, post_process_channels=[1024] * 4,
+                     channels=256, readout_type='ignore', patch_size=16,
+                     norm_cfg=dict(type='SyncBN'), classify=True, n_bins=256,
+                     max_depth=80.0))

@@ -1,0 +1,87 @@
+"""Write the depth leaf configs (backbone x head x dataset). Run from the repository root:
+``python configs/depth/generate_configs.py``. Leaves only state what differs from the bases."""
+import os.path as osp
+
+HERE = osp.dirname(osp.abspath(__file__))
+
+# name: (arch, embed dim, depth, 4-layer indices, published NYU RMSE for linear4 / linear)
+V2 = {
+    'dinov2-vits14': ('dinov2_vits14', 384, 12, [2, 5, 8, 11], 0.417),
+    'dinov2-vitb14': ('dinov2_vitb14', 768, 12, [2, 5, 8, 11], 0.362),
+    'dinov2-vitl14': ('dinov2_vitl14', 1024, 24, [4, 11, 17, 23], 0.333),
+    'dinov2-vitg14': ('dinov2_vitg14', 1536, 40, [9, 19, 29, 39], 0.298),
+}
+V3 = {
+    'dinov3-vits16': ('dinov3_vits16', 384, 12, [2, 5, 8, 11], 0.403),
+    'dinov3-vitb16': ('dinov3_vitb16', 768, 12, [2, 5, 8, 11], 0.373),
+    'dinov3-vitl16': ('dinov3_vitl16', 1024, 24, [4, 11, 17, 23], 0.352),
+    'dinov3-vit7b16': ('dinov3_vit7b16', 4096, 40, [9, 19, 29, 39], 0.309),
+}
+DATASETS = {'nyu': ('nyu.py', 10.0), 'kitti': ('kitti.py', 80.0)}
+
+
+def published(name, head, data, rmse, v3):
+    if data != 'nyu':
+        return '# Published KITTI numbers: not stated in the official repositories (paper only).'
+    if v3 and head == 'linear':
+        return f'# Published: NYU-D RMSE {rmse} (DINOv3 model card, linear probe, frozen backbone).'
+    if not v3 and head == 'linear4':
+        return f'# Published: NYU-D RMSE {rmse} (DINOv2 model card, linear head on 4 layers).'
+    return ('# Published: no number in the official repositories for this head\n'
+            f'# (reference: {"linear" if v3 else "linear4"} NYU-D RMSE {rmse}).')
+
+
+def leaf(name, spec, head, data, v3):
+    arch, dim, depth, four, rmse = spec
+    idx = four if head in ('linear4', 'dpt') else [depth - 1]
+    base_model = 'depth_dpt.py' if head == 'dpt' else 'depth_linear.py'
+    ds_file, max_depth = DATASETS[data]
+    lines = [
+        f'# {name} frozen backbone, {head} depth head, {data.upper()}.',
+        published(name, head, data, rmse, v3),
+        "_base_ = ['../_base_/models/%s', '../_base_/datasets/%s',\n"
+        "          '../_base_/schedules/depth_38k.py']" % (base_model, ds_file),
+    ]
+    if v3:
+        # DINOv3 protocol: backbone norm on, no class token, BatchNorm in the head.
+        bb = (f"backbone=dict(arch='{arch}', out_indices={idx},\n"
+              "                  out_type='featmap', norm_out=True)")
+        if head == 'dpt':
+            ppc = min(dim, 2048)
+            ch = 512 if dim > 2048 else 256
+            hd = (f'decode_head=dict(embed_dims={dim}, post_process_channels=[{ppc}] * 4,\n'
+                  f"                     channels={ch}, readout_type='ignore', patch_size=16,\n"
+                  "                     norm_cfg=dict(type='SyncBN'), classify=True, n_bins=256,"
+                  f'\n                     max_depth={max_depth})')
+        else:
+            hd = (f'decode_head=dict(in_channels=[{dim}] * {len(idx)}, '
+                  f'in_index={list(range(len(idx)))},\n'
+                  f"                     norm_cfg=dict(type='SyncBN'), max_depth={max_depth})")
+    else:
+        bb = f"backbone=dict(arch='{arch}', out_indices={idx})"
+        if head == 'dpt':
+            ppc = [dim // 8, dim // 4, dim // 2, dim]
+            hd = (f'decode_head=dict(embed_dims={dim}, post_process_channels={ppc}, '
+                  f'max_depth={max_depth})')
+        else:
+            hd = (f'decode_head=dict(in_channels=[{2 * dim}] * {len(idx)}, '
+                  f'in_index={list(range(len(idx)))}, max_depth={max_depth})')
+    lines.append(f'model = dict(\n    {bb},\n    {hd})')
+    return '\n'.join(lines) + '\n'
+
+
+def main():
+    written = []
+    for family, v3 in ((V2, False), (V3, True)):
+        for name, spec in family.items():
+            for head in ('linear', 'linear4', 'dpt'):
+                for data in DATASETS:
+                    fname = f'{name}_{head}_8xb2-38k_{data}.py'
+                    with open(osp.join(HERE, fname), 'w') as f:
+                        f.write(leaf(name, spec, head, data, v3))
+                    written.append(fname)
+    print(f'wrote {len(written)} configs')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,13 @@
+# mmdet DINO-4scale detector with a fine-tuned dinov2_vitb14 backbone
+# (blocks [2, 5, 8, 11] -> simple feature pyramid at strides 7/14/28/56).
+# No official COCO number is published for this backbone size; the DINOv3
+# paper reports 66.1 AP for the 7B with a Plain-DETR detector.
+_base_ = [
+    '../_base_/models/det_dino-4scale_vit-sfp.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/schedules/det_12e.py', '../_base_/det_runtime.py'
+]
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=56),
+    backbone=dict(arch='dinov2_vitb14', out_indices=[2, 5, 8, 11], frozen_stages=-1,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_vitb14_pretrain.pth')),
+    neck=dict(in_channels=768))

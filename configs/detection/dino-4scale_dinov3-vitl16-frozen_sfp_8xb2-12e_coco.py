@@ -1,0 +1,13 @@
+# mmdet DINO-4scale detector with a frozen dinov3_vitl16 backbone
+# (blocks [5, 11, 17, 23] -> simple feature pyramid at strides 8/16/32/64).
+# No official COCO number is published for this backbone size; the DINOv3
+# paper reports 66.1 AP for the 7B with a Plain-DETR detector.
+_base_ = [
+    '../_base_/models/det_dino-4scale_vit-sfp.py', '../_base_/datasets/coco_detection.py',
+    '../_base_/schedules/det_12e.py', '../_base_/det_runtime.py'
+]
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=64),
+    backbone=dict(arch='dinov3_vitl16', out_indices=[5, 11, 17, 23], frozen_stages=24,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vitl16_pretrain_lvd1689m.pth')),
+    neck=dict(in_channels=1024))

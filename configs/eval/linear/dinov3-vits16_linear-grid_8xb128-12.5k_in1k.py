@@ -1,0 +1,5 @@
+# No per-model ImageNet-1k k-NN / linear number in the official repos (SPEC §10.3: paper only).
+_base_ = ['../../_base_/eval_linear.py']
+
+# DINOv3 grid: last block only, with average pooling.
+model = dict(backbone=dict(arch='dinov3_vits16'), n_last_blocks_list=(1, ), avgpools=(True, ))

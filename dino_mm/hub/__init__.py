@@ -1,0 +1,18 @@
+"""Constructors named like the official torch.hub entries (see ``hubconf.py``).
+
+Each area adds its own module here; heavy dependencies (mmseg, mmdet) are imported inside
+the constructors, so importing this package stays cheap.
+"""
+from . import backbones, classifiers, convnext, depthers, detectors, segmentors
+from .backbones import *  # noqa: F401,F403
+from .classifiers import *  # noqa: F401,F403
+from .convnext import *  # noqa: F401,F403
+from .depthers import *  # noqa: F401,F403
+from .detectors import *  # noqa: F401,F403
+from .segmentors import *  # noqa: F401,F403
+from .utils import find_weights, resolve_weights, weights_dirs
+
+__all__ = [
+    *backbones.__all__, *classifiers.__all__, *convnext.__all__, *depthers.__all__,
+    *detectors.__all__, *segmentors.__all__, 'find_weights', 'resolve_weights', 'weights_dirs'
+]

@@ -1,0 +1,313 @@
+"""Hub constructors for the DINOv2 / DINOv3 semantic segmentors (mmseg models).
+
+Names follow the official head files: ``dinov2_vit{s,b,l,g}14_{ade20k,voc2012}_{linear,ms}``
+(heads ``{backbone}_{dataset}_{linear|ms}_head.pth``), ``dinov2_vitg14_ade20k_m2f`` and the
+DINOv3 hub name ``dinov3_vit7b16_ms`` (ADE20K Mask2Former). Each returns a
+``dino_mm.DinoEncoderDecoder`` in eval mode. Weights are local files only:
+``weights`` is the head (or full segmentor) checkpoint, ``backbone_weights`` the
+official backbone file; with ``pretrained=True`` missing paths are looked up as
+``$DINO_MM_WEIGHTS/<official name>`` or ``~/.cache/dino_mm/weights/<official name>``,
+and a clear error says where to put them. Nothing is ever downloaded.
+"""
+import os
+import os.path as osp
+from typing import Dict, Optional
+
+import torch.nn as nn
+from mmengine.config import ConfigDict
+
+__all__ = []
+
+_V2 = {  # name: (arch, embed_dim, depth)
+    's': ('dinov2_vits14', 384, 12),
+    'b': ('dinov2_vitb14', 768, 12),
+    'l': ('dinov2_vitl14', 1024, 24),
+    'g': ('dinov2_vitg14', 1536, 40),
+}
+_NUM_CLASSES = {'ade20k': 150, 'voc2012': 21}
+_V3_7B_BACKBONE = 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'
+_V3_7B_M2F_HEAD = 'dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth'
+
+
+def _weights_dirs():
+    dirs = []
+    if os.environ.get('DINO_MM_WEIGHTS'):
+        dirs.append(os.environ['DINO_MM_WEIGHTS'])
+    dirs.append(osp.join(osp.expanduser('~'), '.cache', 'dino_mm', 'weights'))
+    return dirs
+
+
+def _resolve(path: Optional[str], official_name: str, what: str, entry: str) -> str:
+    if path is not None:
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{entry}: {what} file {path!r} does not exist.')
+        return path
+    for d in _weights_dirs():
+        candidate = osp.join(d, official_name)
+        if osp.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f'{entry}(pretrained=True) needs the {what} file {official_name!r}, which dino_mm '
+        f'never downloads. Get it from the official release and put it in one of '
+        f'{_weights_dirs()} (set $DINO_MM_WEIGHTS to choose the folder), or pass its '
+        f'local path explicitly.')
+
+
+def _linear_model(arch: str, dim: int, depth: int, num_classes: int, head: str,
+                  backbone_kwargs: Dict) -> nn.Module:
+    from dino_mm.models.segmentation import DinoEncoderDecoder  # noqa: F401 (registers)
+    from dino_mm.registry import MODELS
+    n_layers = 1 if head == 'linear' else 4
+    depth = backbone_kwargs.get('depth', depth)
+    dim = backbone_kwargs.get('embed_dim', dim)
+    test_cfg = dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+    if head == 'ms':
+        test_cfg.update(img_ratios=[1.0, 1.32, 1.73, 2.28, 3.0], flip=True)
+    cfg = dict(
+        type='dino_mm.DinoEncoderDecoder',
+        data_preprocessor=dict(
+            type='mmseg.SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0, seg_pad_val=255),
+        freeze_backbone=True,
+        backbone=dict(type='dino_mm.DinoVisionTransformer', arch=arch,
+                      out_indices=list(range(depth - n_layers, depth)), out_type='featmap',
+                      **backbone_kwargs),
+        decode_head=dict(
+            type='dino_mm.DinoLinearHead', in_channels=[dim] * n_layers,
+            in_index=list(range(n_layers)), input_transform='resize_concat',
+            channels=dim * n_layers, dropout_ratio=0.0, num_classes=num_classes,
+            norm_cfg=dict(type='SyncBN', requires_grad=True), align_corners=False,
+            loss_decode=dict(type='mmseg.CrossEntropyLoss', use_sigmoid=False,
+                             loss_weight=1.0)),
+        train_cfg=dict(),
+        test_cfg=test_cfg)
+    return MODELS.build(ConfigDict(cfg))
+
+
+def _load(model: nn.Module, entry: str, head_path: str,
+          backbone_path: Optional[str]) -> None:
+    from dino_mm.models.segmentation import build_segmentor_state_dict
+    state = build_segmentor_state_dict(head_path, backbone_path)
+    result = model.load_state_dict(state, strict=False)
+    head_missing = [k for k in result.missing_keys if not k.startswith('backbone.')]
+    backbone_missing = [k for k in result.missing_keys if k.startswith('backbone.')]
+    problems = []
+    if result.unexpected_keys:
+        problems.append(f'unexpected keys {result.unexpected_keys[:8]}')
+    if head_missing:
+        problems.append(f'head keys missing from {head_path!r}: {head_missing[:8]}')
+    if backbone_missing and backbone_path is not None:
+        problems.append(f'backbone keys missing from {backbone_path!r}: '
+                        f'{backbone_missing[:8]}')
+    if problems:
+        raise RuntimeError(f'{entry}: ' + '; '.join(problems))
+
+
+def _make_linear_entry(size: str, dataset: str, head: str):
+    arch, dim, depth = _V2[size]
+    name = f'dinov2_vit{size}14_{dataset}_{head}'
+
+    def entry(pretrained: bool = False, weights: Optional[str] = None,
+              backbone_weights: Optional[str] = None, **kwargs) -> nn.Module:
+        head_path = backbone_path = None
+        if pretrained or weights is not None:  # resolve first: fail before building
+            head_path = _resolve(weights, f'dinov2_vit{size}14_{dataset}_{head}_head.pth',
+                                 'head', name)
+        if pretrained or backbone_weights is not None:
+            backbone_path = _resolve(backbone_weights, f'{arch}_pretrain.pth',
+                                     'backbone', name)
+        model = _linear_model(arch, dim, depth, _NUM_CLASSES[dataset], head, kwargs)
+        if head_path is not None:
+            _load(model, name, head_path, backbone_path)
+        elif backbone_path is not None:
+            from dino_mm.models.segmentation import load_state_dict_file
+            model.backbone.load_state_dict(load_state_dict_file(backbone_path), strict=True)
+        return model.eval()
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = (
+        f"""DINOv2 ViT-{size.upper()}/14 frozen + {head} head on {dataset} (mmseg model).
+
+        Args:
+            pretrained (bool): Load the official head and backbone from local files
+                (``{name}_head.pth``, ``{arch}_pretrain.pth``). Defaults to False.
+            weights (str, optional): Local head (or full segmentor) checkpoint.
+            backbone_weights (str, optional): Local official backbone checkpoint.
+            **kwargs: Forwarded to ``DinoVisionTransformer`` (e.g. ``depth``).
+
+        Returns:
+            DinoEncoderDecoder: the segmentor in eval mode.
+        """)
+    return name, entry
+
+
+for _size in _V2:
+    for _dataset in _NUM_CLASSES:
+        for _head in ('linear', 'ms'):
+            _name, _fn = _make_linear_entry(_size, _dataset, _head)
+            globals()[_name] = _fn
+            __all__.append(_name)
+
+
+def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
+               test_cfg: dict, backbone_kwargs: Dict, adapter_kwargs: Dict,
+               num_classes: int = 150) -> nn.Module:
+    import mmdet.models  # noqa: F401 (mmseg's Mask2FormerHead needs mmdet registered)
+
+    from dino_mm.models.segmentation import DinoEncoderDecoder  # noqa: F401
+    from dino_mm.registry import MODELS
+    dim = backbone_kwargs.get('embed_dim', dim)
+    heads = max(1, min(8, feat // 32))
+    cfg = dict(
+        type='dino_mm.DinoEncoderDecoder',
+        data_preprocessor=dict(
+            type='mmseg.SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0, seg_pad_val=255),
+        pad_to_patch=False,
+        backbone=dict(
+            type='dino_mm.DinoViTAdapter',
+            backbone=dict(type='dino_mm.DinoVisionTransformer', arch=arch, **backbone_kwargs),
+            interaction_indexes=indices, deform_num_heads=num_heads, **adapter_kwargs),
+        decode_head=dict(
+            type='mmseg.Mask2FormerHead', in_channels=[dim] * 4, strides=[4, 8, 16, 32],
+            feat_channels=feat, out_channels=feat, num_classes=num_classes,
+            num_queries=100, num_transformer_feat_level=3, align_corners=False,
+            pixel_decoder=dict(
+                type='mmdet.MSDeformAttnPixelDecoder', num_outs=3,
+                norm_cfg=dict(type='GN', num_groups=min(32, feat // 4)),
+                act_cfg=dict(type='ReLU'),
+                encoder=dict(num_layers=6, layer_cfg=dict(
+                    self_attn_cfg=dict(embed_dims=feat, num_heads=heads, num_levels=3,
+                                       num_points=4, dropout=0.0, batch_first=True),
+                    ffn_cfg=dict(embed_dims=feat, feedforward_channels=feat * 4,
+                                 num_fcs=2, ffn_drop=0.0,
+                                 act_cfg=dict(type='ReLU', inplace=True)))),
+                positional_encoding=dict(num_feats=feat // 2, normalize=True)),
+            enforce_decoder_input_project=False,
+            positional_encoding=dict(num_feats=feat // 2, normalize=True),
+            transformer_decoder=dict(
+                return_intermediate=True, num_layers=9,
+                layer_cfg=dict(
+                    self_attn_cfg=dict(embed_dims=feat, num_heads=heads, attn_drop=0.0,
+                                       proj_drop=0.0, batch_first=True),
+                    cross_attn_cfg=dict(embed_dims=feat, num_heads=heads, attn_drop=0.0,
+                                        proj_drop=0.0, batch_first=True),
+                    ffn_cfg=dict(embed_dims=feat, feedforward_channels=feat * 8,
+                                 num_fcs=2, ffn_drop=0.0, add_identity=True,
+                                 act_cfg=dict(type='ReLU', inplace=True))),
+                init_cfg=None),
+            loss_cls=dict(type='mmdet.CrossEntropyLoss', use_sigmoid=False,
+                          loss_weight=2.0, reduction='mean',
+                          class_weight=[1.0] * num_classes + [0.1]),
+            loss_mask=dict(type='mmdet.CrossEntropyLoss', use_sigmoid=True,
+                           reduction='mean', loss_weight=5.0),
+            loss_dice=dict(type='mmdet.DiceLoss', use_sigmoid=True, activate=True,
+                           reduction='mean', naive_dice=True, eps=1.0, loss_weight=5.0),
+            train_cfg=dict(
+                num_points=12544, oversample_ratio=3.0, importance_sample_ratio=0.75,
+                assigner=dict(type='mmdet.HungarianAssigner', match_costs=[
+                    dict(type='mmdet.ClassificationCost', weight=2.0),
+                    dict(type='mmdet.CrossEntropyLossCost', weight=5.0, use_sigmoid=True),
+                    dict(type='mmdet.DiceCost', weight=5.0, pred_act=True, eps=1.0)]),
+                sampler=dict(type='mmdet.MaskPseudoSampler'))),
+        train_cfg=dict(),
+        test_cfg=test_cfg)
+    return MODELS.build(ConfigDict(cfg))
+
+
+def _load_full(model: nn.Module, entry: str, path: str) -> None:
+    from dino_mm.models.segmentation import load_state_dict_file
+    state = load_state_dict_file(path)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(
+            f'{entry}: {path!r} is not a dino_mm segmentor checkpoint (missing '
+            f'{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}). '
+            'Official Mask2Former files use the official adapter layout, which dino_mm '
+            'cannot convert yet; train with configs/segmentation or pass a dino_mm '
+            'checkpoint.')
+
+
+def dinov2_vitg14_ade20k_m2f(pretrained: bool = False, weights: Optional[str] = None,
+                             backbone_kwargs: Optional[Dict] = None,
+                             adapter_kwargs: Optional[Dict] = None,
+                             feat_channels: int = 256, **kwargs) -> nn.Module:
+    """DINOv2 ViT-g/14 (frozen) + ViT-Adapter + Mask2Former on ADE20K.
+
+    Args:
+        pretrained (bool): Load ``dinov2_vitg14_ade20k_m2f.pth`` from the local weights
+            folder (a dino_mm-layout segmentor checkpoint). Defaults to False.
+        weights (str, optional): Local segmentor checkpoint path.
+        backbone_kwargs (dict, optional): Overrides for ``DinoVisionTransformer``.
+        adapter_kwargs (dict, optional): Overrides for ``DinoViTAdapter``.
+        feat_channels (int): Mask2Former width. Defaults to 256 (unverified).
+        **kwargs: Also forwarded to the ViT (convenience, e.g. ``depth=2``).
+
+    Returns:
+        DinoEncoderDecoder: the segmentor in eval mode (whole-image inference).
+    """
+    bk = dict(backbone_kwargs or {}, **kwargs)
+    depth = bk.get('depth', 40)
+    indices = [depth // 4 * (i + 1) - 1 for i in range(4)]
+    ak = dict(adapter_kwargs or {})
+    heads = ak.pop('deform_num_heads', 24)
+    path = None
+    if pretrained or weights is not None:  # resolve first: fail before building
+        path = _resolve(weights, 'dinov2_vitg14_ade20k_m2f.pth', 'segmentor',
+                        'dinov2_vitg14_ade20k_m2f')
+    model = _m2f_model('dinov2_vitg14', 1536, indices, feat_channels, heads,
+                       dict(mode='whole'), bk, ak)
+    if path is not None:
+        _load_full(model, 'dinov2_vitg14_ade20k_m2f', path)
+    return model.eval()
+
+
+def dinov3_vit7b16_ms(pretrained: bool = False, weights: Optional[str] = None,
+                      backbone_weights: Optional[str] = None,
+                      backbone_kwargs: Optional[Dict] = None,
+                      adapter_kwargs: Optional[Dict] = None,
+                      feat_channels: int = 2048, **kwargs) -> nn.Module:
+    """DINOv3 ViT-7B/16 (frozen) + adapter + Mask2Former on ADE20K (official hub name).
+
+    Evaluation as SPEC 9.6: 896 px sliding window (stride 596) with test-time ratios
+    [0.9, 0.95, 1.0, 1.05, 1.1].
+
+    Args:
+        pretrained (bool): Load the local files ``dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth``
+            (a dino_mm-layout checkpoint; the official layout is not convertible yet)
+            and the backbone. Defaults to False.
+        weights (str, optional): Local segmentor checkpoint path.
+        backbone_weights (str, optional): Local official backbone checkpoint path.
+        backbone_kwargs (dict, optional): Overrides for ``DinoVisionTransformer``.
+        adapter_kwargs (dict, optional): Overrides for ``DinoViTAdapter``.
+        feat_channels (int): Mask2Former hidden width. Defaults to 2048 (SPEC 9.6).
+        **kwargs: Also forwarded to the ViT.
+
+    Returns:
+        DinoEncoderDecoder: the segmentor in eval mode.
+    """
+    bk = dict(backbone_kwargs or {}, **kwargs)
+    depth = bk.get('depth', 40)
+    indices = [depth // 4 * (i + 1) - 1 for i in range(4)]
+    ak = dict(adapter_kwargs or {})
+    heads = ak.pop('deform_num_heads', 32)
+    test_cfg = dict(mode='slide', crop_size=(896, 896), stride=(596, 596),
+                    img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1])
+    path = backbone_path = None
+    if pretrained or weights is not None:  # resolve first: fail before building
+        path = _resolve(weights, _V3_7B_M2F_HEAD, 'segmentor', 'dinov3_vit7b16_ms')
+    if pretrained or backbone_weights is not None:
+        backbone_path = _resolve(backbone_weights, _V3_7B_BACKBONE, 'backbone',
+                                 'dinov3_vit7b16_ms')
+    model = _m2f_model('dinov3_vit7b16', 4096, indices, feat_channels, heads, test_cfg,
+                       bk, ak)
+    if path is not None:
+        _load_full(model, 'dinov3_vit7b16_ms', path)
+    if backbone_path is not None:
+        from dino_mm.models.segmentation import load_state_dict_file
+        model.backbone.backbone.load_state_dict(load_state_dict_file(backbone_path),
+                                                strict=True)
+    return model.eval()
+
+
+__all__ += ['dinov2_vitg14_ade20k_m2f', 'dinov3_vit7b16_ms']

@@ -1,0 +1,71 @@
+"""Local weight-file lookup for hub constructors (never downloads)."""
+import os
+import os.path as osp
+from typing import List, Optional
+
+__all__ = ['weights_dirs', 'find_weights', 'resolve_weights']
+
+ENV_WEIGHTS_DIR = 'DINO_MM_WEIGHTS'
+
+
+def weights_dirs() -> List[str]:
+    """Folders searched for official weight files, in order.
+
+    ``$DINO_MM_WEIGHTS`` (if set), ``~/.cache/dino_mm/weights`` and torch.hub's
+    checkpoint cache (where ``torch.hub.load_state_dict_from_url`` puts the files).
+    """
+    dirs = []
+    if os.environ.get(ENV_WEIGHTS_DIR):
+        dirs.append(os.environ[ENV_WEIGHTS_DIR])
+    dirs.append(osp.join(osp.expanduser('~'), '.cache', 'dino_mm', 'weights'))
+    try:
+        import torch.hub
+        dirs.append(osp.join(torch.hub.get_dir(), 'checkpoints'))
+    except Exception:  # noqa: BLE001 - the torch hub dir is only a convenience
+        pass
+    return dirs
+
+
+def find_weights(file_name: str) -> Optional[str]:
+    """Return the first existing ``<dir>/<file_name>`` among :func:`weights_dirs`."""
+    for d in weights_dirs():
+        path = osp.join(d, file_name)
+        if osp.isfile(path):
+            return path
+    return None
+
+
+def resolve_weights(model_name: str, weights: Optional[str], file_names: dict,
+                    default: str) -> str:
+    """Turn the hub ``weights`` argument into an existing local file path.
+
+    Args:
+        model_name (str): Hub entry name, for messages.
+        weights (str, optional): A local path, or a weights tag (e.g. 'LVD142M',
+            'LVD1689M', 'SAT493M'); None means ``default``.
+        file_names (dict): Tag -> official file name.
+        default (str): Default tag.
+
+    Raises:
+        FileNotFoundError: Naming the expected file and where to put it.
+    """
+    tag = default if weights is None else str(weights)
+    if tag.startswith(('http://', 'https://')):
+        tag = tag.rsplit('/', 1)[-1]
+    if tag.upper() in file_names:
+        file_name = file_names[tag.upper()]
+    elif osp.isfile(osp.expanduser(tag)):
+        return osp.expanduser(tag)
+    elif osp.basename(tag) in file_names.values():
+        file_name = osp.basename(tag)
+    else:
+        raise FileNotFoundError(
+            f'{model_name}: weights {weights!r} is neither an existing file nor one of the '
+            f'tags {sorted(file_names)}.')
+    path = find_weights(file_name)
+    if path is None:
+        raise FileNotFoundError(
+            f'{model_name}: pretrained weights {file_name!r} were not found, and dino_mm never '
+            f'downloads. Put the official file in ${ENV_WEIGHTS_DIR} or one of '
+            f'{weights_dirs()}, or pass weights=<local path>.')
+    return path

@@ -1,0 +1,80 @@
+"""Exported backbones (TorchScript, ONNX) reproduce eager outputs at two input sizes."""
+import pytest
+import torch
+
+from dino_mm.apis import (FeatureExportWrapper, build_backbone, export_onnx,
+                          export_torchscript, max_abs_diff, onnx_runner)
+
+TINY = dict(depth=2, embed_dim=64, num_heads=2)
+
+
+@pytest.fixture(scope='module')
+def v3_model():
+    torch.manual_seed(0)
+    return build_backbone('dinov3_vits16', **TINY)
+
+
+def test_wrapper_returns_cls_and_patch_tokens(v3_model):
+    cls, patch = FeatureExportWrapper(v3_model)(torch.randn(2, 3, 48, 64))
+    assert cls.shape == (2, 64) and patch.shape == (2, 12, 64)
+
+
+def test_torchscript_trace_v3_two_sizes(v3_model, tmp_path):
+    module = export_torchscript(v3_model, str(tmp_path / 'v3.pt'), (64, 64))
+    loaded = torch.jit.load(str(tmp_path / 'v3.pt'))
+    # RoPE has no size-dependent python arithmetic, so one trace serves every size.
+    diffs = max_abs_diff(v3_model, loaded, [(64, 64), (48, 80)], batch=2)
+    assert max(diffs.values()) <= 1e-4, diffs  # measured 0.0
+    assert max(max_abs_diff(v3_model, module, [(64, 64)]).values()) <= 1e-4
+
+
+@pytest.mark.parametrize('size', [(56, 56), (42, 70)])
+def test_torchscript_trace_v2_per_size(tmp_path, size):
+    # DINOv2 interpolates its position embedding with python-computed scale factors,
+    # which a trace freezes: export once per input size.
+    model = build_backbone('dinov2_vits14', **TINY)
+    module = export_torchscript(model, str(tmp_path / 'v2.pt'), size)
+    diffs = max_abs_diff(model, module, [size])
+    assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_torchscript_rejects_bad_method(v3_model, tmp_path):
+    with pytest.raises(ValueError, match='trace'):
+        export_torchscript(v3_model, str(tmp_path / 'x.pt'), method='compile')
+
+
+def test_onnx_dynamic_v3_two_sizes(v3_model, tmp_path):
+    pytest.importorskip('onnx')
+    info = export_onnx(v3_model, str(tmp_path / 'v3.onnx'), (64, 64),
+                       check_sizes=[(64, 64), (48, 80)])
+    assert info['dynamic'], info
+    runner = onnx_runner(info['path'])
+    if runner is None:
+        pytest.skip('onnxruntime not installed: graph only checked with onnx.checker')
+    diffs = max_abs_diff(v3_model, runner, [(64, 64), (48, 80)], batch=2)
+    assert max(diffs.values()) <= 1e-4, diffs  # measured ~3e-6
+
+
+def test_onnx_v2_falls_back_to_static_graph(tmp_path):
+    pytest.importorskip('onnx')
+    model = build_backbone('dinov2_vits14', **TINY)
+    info = export_onnx(model, str(tmp_path / 'v2.onnx'), (56, 70))
+    assert not info['dynamic'] and info['input_shape'] == [1, 3, 56, 70], info
+    assert 'dynamic_error' in info
+    runner = onnx_runner(info['path'])
+    if runner is None:
+        pytest.skip('onnxruntime not installed: graph only checked with onnx.checker')
+    diffs = max_abs_diff(model, runner, [(56, 70)])
+    assert max(diffs.values()) <= 1e-4, diffs
+
+
+def test_trace_of_v2_is_size_specific(tmp_path):
+    model = build_backbone('dinov2_vits14', **TINY)
+    module = export_torchscript(model, str(tmp_path / 'v2.pt'), (56, 56))
+    diffs = max_abs_diff(model, module, [(56, 56), (42, 70)])
+    assert diffs[(56, 56)] <= 1e-4 and diffs[(42, 70)] == float('inf'), diffs
+
+
+def test_script_method_gives_clear_error(v3_model, tmp_path):
+    with pytest.raises(RuntimeError, match="method='trace'"):
+        export_torchscript(v3_model, str(tmp_path / 's.pt'), method='script')

@@ -1,0 +1,140 @@
+"""LayerDecayOptimWrapperConstructor vs the official dinov2 param groups (oracle)."""
+import pytest
+import torch
+from torch import nn
+
+from dino_mm.engine.optimizers import LayerDecayOptimWrapperConstructor, get_layer_id
+from dino_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+vit_mod = pytest.importorskip('dinov2.models.vision_transformer')
+param_groups = pytest.importorskip('dinov2.utils.param_groups')
+dino_head_mod = pytest.importorskip('dinov2.layers.dino_head')
+
+DECAY, PE_MULT, LR, WD = 0.9, 0.2, 0.01, 0.04
+
+
+def _vit(block_chunks):
+    return vit_mod.DinoVisionTransformer(img_size=28, patch_size=14, embed_dim=32, depth=4,
+                                         num_heads=2, init_values=1e-5,
+                                         block_chunks=block_chunks)
+
+
+class _SSL(nn.Module):
+    """Parameter layout of the DINOv2 meta-architecture (student / frozen teacher)."""
+
+    def __init__(self, block_chunks):
+        super().__init__()
+        self.student = self._make(block_chunks)
+        self.teacher = self._make(block_chunks).requires_grad_(False)
+
+    @staticmethod
+    def _make(block_chunks):
+        heads = dict(dino_head=dino_head_mod.DINOHead(32, 64, bottleneck_dim=16, hidden_dim=32),
+                     ibot_head=dino_head_mod.DINOHead(32, 48, bottleneck_dim=16, hidden_dim=32))
+        return nn.ModuleDict(dict(backbone=_vit(block_chunks), **heads))
+
+
+def _oracle_mults(submodules):
+    """name -> (lr_mult, wd_mult, is_last_layer), official per-submodule grouping."""
+    out = {}
+    for prefix, module in submodules:
+        for d in param_groups.get_params_groups_with_decay(module, DECAY, PE_MULT):
+            out[id(d['params'])] = (d['lr_multiplier'], d['wd_multiplier'], d['is_last_layer'])
+    return out
+
+
+def _ours(model, **paramwise):
+    ctor = OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(type='dino_mm.LayerDecayOptimWrapperConstructor',
+             optim_wrapper_cfg=dict(optimizer=dict(type='AdamW', lr=LR, weight_decay=WD)),
+             paramwise_cfg=dict(layer_decay_rate=DECAY, patch_embed_lr_mult=PE_MULT,
+                                **paramwise)))
+    return ctor, ctor(model)
+
+
+@pytest.mark.parametrize('block_chunks', [0, 2])
+def test_ssl_model_groups_match_official(block_chunks):
+    model = _SSL(block_chunks)
+    ctor, wrapper = _ours(model)
+    ref = _oracle_mults([(k, v) for k, v in model.student.items()])
+    ours = {id(info['param']): (info['lr_mult'], info['wd_mult'], info['is_last_layer'])
+            for info in ctor.param_multipliers(model).values()}
+    assert set(ours) == set(ref)  # teacher (frozen) excluded, every student param present
+    for key, (lr_mult, wd_mult, is_last) in ref.items():
+        assert ours[key][0] == pytest.approx(lr_mult, rel=1e-12)
+        assert ours[key][1:] == (wd_mult, is_last)
+    # Fused groups: unique (lr_mult, wd_mult, is_last_layer), carrying the keys and
+    # the initial lr / wd, covering every student param exactly once.
+    groups = wrapper.optimizer.param_groups
+    triples = [(g['lr_mult'], g['wd_mult'], g['is_last_layer']) for g in groups]
+    assert len(set(triples)) == len(triples)
+    n_ref_groups = len(list(param_groups.fuse_params_groups(
+        [dict(params=p, lr_multiplier=m[0], wd_multiplier=m[1], is_last_layer=m[2])
+         for p, m in zip(ref, ref.values())])))
+    assert len(groups) == n_ref_groups
+    for g in groups:
+        assert g['lr'] == pytest.approx(LR * g['lr_mult'])
+        assert g['weight_decay'] == pytest.approx(WD * g['wd_mult'])
+        for p in g['params']:
+            assert ref[id(p)][2] == g['is_last_layer']
+    assert sum(len(g['params']) for g in groups) == len(ref)
+
+
+def test_hand_checked_multipliers():
+    model = _SSL(0)
+    ctor, _ = _ours(model)
+    m = ctor.param_multipliers(model)
+    L = 4
+    assert m['student.backbone.patch_embed.proj.weight']['lr_mult'] == pytest.approx(
+        PE_MULT * DECAY**(L + 1))
+    assert m['student.backbone.blocks.2.attn.qkv.weight']['lr_mult'] == pytest.approx(
+        DECAY**(L - 2))
+    assert m['student.backbone.norm.weight']['lr_mult'] == 1.0
+    assert m['student.backbone.norm.weight']['wd_mult'] == 0.0
+    assert m['student.backbone.blocks.0.ls1.gamma']['wd_mult'] == 0.0
+    assert m['student.backbone.pos_embed']['wd_mult'] == 1.0  # tokens keep wd in v2
+    assert m['student.dino_head.mlp.0.bias']['wd_mult'] == 0.0
+    assert m['student.dino_head.last_layer.weight_g']['is_last_layer']
+    assert m['student.dino_head.last_layer.weight_g']['wd_mult'] == 1.0
+    assert not any(k.startswith('teacher.') for k in m)
+    # Chunked names use the inner (global) index.
+    assert get_layer_id('blocks.1.3.mlp.fc1.weight', 4) == 4
+    assert get_layer_id('blocks.3.mlp.fc1.weight', 4) == 4
+    # Official DINOv2 omits register_tokens from layer 0; DINOv3 has storage_tokens.
+    assert get_layer_id('register_tokens', 4) == 5
+    assert get_layer_id('storage_tokens', 4, 'dinov3') == 0
+
+
+def test_plain_backbone_matches_official():
+    vit = _vit(0)
+    ctor, _ = _ours(vit)
+    ref = _oracle_mults([('', vit)])
+    for info in ctor.param_multipliers(vit).values():
+        lr_mult, wd_mult, is_last = ref[id(info['param'])]
+        assert info['lr_mult'] == pytest.approx(lr_mult, rel=1e-12)
+        assert (info['wd_mult'], info['is_last_layer']) == (wd_mult, is_last)
+
+
+def test_dinov3_rules():
+    model = nn.Module()
+    model.student = nn.ModuleDict(dict(backbone=nn.Module(), dino_head=nn.Module()))
+    bb = model.student.backbone
+    bb.blocks = nn.ModuleList([nn.Linear(2, 2) for _ in range(2)])
+    bb.storage_tokens = nn.Parameter(torch.zeros(1, 4, 2))
+    bb.rope_fourier_w = nn.Parameter(torch.zeros(2))
+    model.student.dino_head.mlp = nn.Linear(2, 2)
+    ctor, _ = _ours(model, variant='dinov3', dino_head_wd_multiplier=0.5)
+    m = ctor.param_multipliers(model)
+    assert m['student.backbone.storage_tokens']['lr_mult'] == pytest.approx(DECAY**3)
+    assert m['student.backbone.rope_fourier_w']['wd_mult'] == 0.0
+    assert m['student.dino_head.mlp.weight']['wd_mult'] == 0.5
+    assert m['student.dino_head.mlp.bias']['wd_mult'] == 0.0
+
+
+def test_bad_config():
+    with pytest.raises(KeyError, match='layer_decay'):
+        LayerDecayOptimWrapperConstructor(dict(optimizer=dict(type='AdamW', lr=1.)),
+                                          dict(layer_decay=0.9))
+    with pytest.raises(ValueError, match='variant'):
+        LayerDecayOptimWrapperConstructor(dict(optimizer=dict(type='AdamW', lr=1.)),
+                                          dict(variant='dinov1'))

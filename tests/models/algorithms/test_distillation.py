@@ -1,0 +1,146 @@
+"""Distillation (frozen teacher -> one student) and DINOv3 multi-distillation."""
+import pytest
+import torch
+from mmengine.optim import OptimWrapper
+from PIL import Image
+
+from dino_mm.datasets.collate import dino_collate
+from dino_mm.datasets.transforms.multi_crop import DINOMultiCrop
+from dino_mm.models.algorithms.dinov3 import DINOv3
+from dino_mm.models.algorithms.distillation import DINOv3Distillation, MultiDistillation
+
+PATCH, GLOBAL, LOCAL = 8, 32, 16
+HEAD = dict(out_dim=64, hidden_dim=64, bottleneck_dim=16, nlayers=3)
+IBOT = dict(out_dim=48, hidden_dim=64, bottleneck_dim=16, nlayers=3)
+
+
+def vit(dim, depth=2, heads=4, **kw):
+    return dict(type='dino_mm.DinoVisionTransformer', arch='dinov3_vits16', patch_size=PATCH,
+                embed_dim=dim, depth=depth, num_heads=heads, layerscale_init=1.0,
+                pos_embed_rope_rescale_coords=None, **kw)
+
+
+TEACHER = dict(backbone=vit(64, depth=3), dino_head=HEAD, ibot_head=IBOT)
+
+
+def real_batches(real_images, n=2):
+    transform = DINOMultiCrop(global_crops_size=GLOBAL, local_crops_size=LOCAL,
+                              local_crops_number=2)
+    keys = sorted(real_images)
+    out = []
+    for i in range(n):
+        samples = [transform({'img': Image.fromarray(real_images[k])}) for k in keys]
+        out.append(dino_collate(samples, patch_size=PATCH))
+    return out
+
+
+@pytest.fixture
+def teacher_ckpt(tmp_path):
+    """A 'pretrained' teacher: the EMA teacher of a DINOv3 pretraining model."""
+    model = DINOv3(backbone=TEACHER['backbone'], dino_head=HEAD, ibot_head=IBOT)
+    model.init_weights()
+    path = tmp_path / 'teacher_pretrain.pth'
+    torch.save({'state_dict': model.state_dict()}, path)
+    return str(path), model
+
+
+def test_distillation_uses_frozen_teacher_targets(real_images, teacher_ckpt):
+    path, pretrained = teacher_ckpt
+    model = DINOv3Distillation(backbone=vit(32), dino_head=HEAD, ibot_head=IBOT,
+                               teacher=TEACHER, teacher_ckpt=path)
+    model.init_weights()
+    torch.testing.assert_close(model.teacher.state_dict(), pretrained.teacher.state_dict())
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    model.train()
+    assert not model.teacher.training and not model.student_ema.training
+    batch = real_batches(real_images, 1)[0]
+    losses = model(**batch, mode='loss')
+    # Reference: same student, targets from the pretrained teacher, unmasked student crops.
+    g = batch['collated_global_crops']
+    targets = model.teacher_targets(g, batch['mask_indices_list'], batch['n_masked_patches'])
+    ref = model.student_losses(g, batch['collated_local_crops'], batch['collated_masks'],
+                               batch['mask_indices_list'], batch['masks_weight'], *targets,
+                               mask_student_globals=False)
+    for key in ref:
+        torch.testing.assert_close(losses[key], ref[key], msg=key)
+    masked = model.student_losses(g, batch['collated_local_crops'], batch['collated_masks'],
+                                  batch['mask_indices_list'], batch['masks_weight'], *targets)
+    assert abs(masked['ibot_loss'] - losses['ibot_loss']) > 1e-6  # masks really not applied
+    # One step: teacher untouched, EMA follows the student.
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    optim = OptimWrapper(torch.optim.AdamW(model.student.parameters(), lr=1e-3))
+    model.train_step(batch, optim)
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+    ema_before = model.student_ema.backbone.cls_token.clone()
+    model.update_teacher(0.5)
+    torch.testing.assert_close(model.student_ema.backbone.cls_token,
+                               0.5 * ema_before + 0.5 * model.student.backbone.cls_token)
+
+
+def test_distillation_bad_teacher(tmp_path, teacher_ckpt):
+    with pytest.raises(ValueError, match='out_dim'):
+        DINOv3Distillation(backbone=vit(32), dino_head=dict(HEAD, out_dim=10), ibot_head=IBOT,
+                           teacher=TEACHER)
+    model = DINOv3Distillation(backbone=vit(32), dino_head=HEAD, ibot_head=IBOT,
+                               teacher=dict(TEACHER, backbone=vit(48, depth=3)),
+                               teacher_ckpt=teacher_ckpt[0])
+    with pytest.raises(ValueError, match=r'teacher_pretrain\.pth(.|\n)*\(1, 1, 64\) vs model '
+                       r'\(1, 1, 48\)'):
+        model.init_weights()
+
+
+def test_multi_distillation_one_teacher_pass_and_students_learn(real_images, teacher_ckpt):
+    students = {
+        'vit_small': dict(backbone=vit(32), dino_head=HEAD, ibot_head=IBOT),
+        'vit_base': dict(backbone=vit(48, heads=4), dino_head=HEAD, ibot_head=IBOT),
+    }
+    model = MultiDistillation(teacher=TEACHER, students=students, teacher_ckpt=teacher_ckpt[0],
+                              teacher_temp=0.05)
+    model.init_weights()
+    model.train()
+    n_calls = {'teacher': 0}
+    original = model.teacher.backbone.forward_features
+
+    def counting(*args, **kwargs):
+        n_calls['teacher'] += 1
+        return original(*args, **kwargs)
+
+    model.teacher.backbone.forward_features = counting
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert not any(p is q for p in params for q in model.teacher.parameters())
+    optim = OptimWrapper(torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0))
+    batches = real_batches(real_images, 2)
+    history = {name: [] for name in students}
+    n_steps = 16
+    for step in range(n_steps):
+        log_vars = model.train_step(batches[step % 2], optim)
+        model.update_teacher(0.99)
+        for name in students:
+            history[name].append(sum(v.item() for k, v in log_vars.items()
+                                     if k.startswith(name + '.') and k.endswith('_loss')))
+    assert n_calls['teacher'] == n_steps  # one teacher forward per batch for all students
+    assert model.teacher_forward_calls == n_steps
+    assert {'vit_small.grad_norm_backbone', 'vit_base.grad_norm_ibot_head'} <= set(log_vars)
+    for name, values in history.items():
+        first, last = sum(values[:2]) / 2, sum(values[-2:]) / 2
+        print(f'{name}: loss {first:.4f} -> {last:.4f}')
+        assert last < first - 0.05, (name, values)
+    feats = model(batches[0]['collated_global_crops'][:2], mode='tensor')
+    assert feats['vit_small'].shape == (2, 32) and feats['vit_base'].shape == (2, 48)
+
+
+def test_multi_distillation_each_student_only_gets_its_own_gradient(real_images):
+    students = {'a': dict(backbone=vit(32), dino_head=HEAD, ibot_head=IBOT),
+                'b': dict(backbone=vit(48), dino_head=HEAD, ibot_head=IBOT)}
+    model = MultiDistillation(teacher=TEACHER, students=students)
+    model.init_weights()
+    model.train()
+    batch = real_batches(real_images, 1)[0]
+    losses = model(**batch, mode='loss')
+    sum(v for k, v in losses.items() if k.startswith('a.')).backward()
+    assert all(p.grad is None for p in model.students['b'].parameters())
+    assert model.students['a'].student.backbone.cls_token.grad is not None
+    with pytest.raises(ValueError, match='patch size'):
+        MultiDistillation(teacher=TEACHER, students={'c': dict(
+            backbone=dict(vit(32), patch_size=4), dino_head=HEAD, ibot_head=IBOT)})

@@ -1,0 +1,138 @@
+"""ViT-Adapter + Mask2Former: builds, trains one step and runs whole / slide inference."""
+import pytest
+import torch
+
+pytest.importorskip('mmdet.models')
+pytest.importorskip('mmcv.ops')
+
+from dino_mm.models.segmentation import DinoViTAdapter  # noqa: E402
+from dino_mm.registry import MODELS  # noqa: E402
+
+DIM = 32
+
+
+def _adapter(**kw):
+    return DinoViTAdapter(
+        backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14', depth=4,
+                      embed_dim=DIM, num_heads=2, img_size=56),
+        interaction_indexes=[1, 3], conv_inplane=8, deform_num_heads=4,
+        norm_cfg=dict(type='BN'), **kw)
+
+
+def test_pyramid_shapes_and_frozen_vit():
+    adapter = _adapter()
+    adapter.init_weights()
+    adapter.train()
+    assert not adapter.backbone.training
+    x = torch.randn(2, 3, 56, 84)
+    outs = adapter(x)
+    assert [tuple(o.shape) for o in outs] == [(2, DIM, 14, 21), (2, DIM, 7, 11),
+                                              (2, DIM, 4, 6), (2, DIM, 2, 3)]
+    sum(o.square().mean() for o in outs).backward()
+    assert adapter.extractors[0].attn.value_proj.weight.grad is not None
+    assert adapter.spm.fc1.weight.grad is not None
+    assert all(p.grad is None for p in adapter.backbone.parameters())
+
+
+def test_sizes_that_are_not_a_patch_multiple():
+    adapter = _adapter().eval()
+    x = torch.randn(1, 3, 50, 60)
+    vit = adapter._vit_features(x)
+    # The padded 56x70 ViT grid (4x5) is cut back to the image region (50/14, 60/14).
+    assert [tuple(v.shape) for v in vit] == [(1, DIM, 4, 4)] * 2
+    outs = adapter(x)
+    assert [tuple(o.shape[2:]) for o in outs] == [(13, 15), (7, 8), (4, 4), (2, 2)]
+    assert all(torch.isfinite(o).all() for o in outs)
+    # A multiple of the patch is used as is (no resampling of the ViT maps).
+    x = torch.randn(1, 3, 28, 42)
+    ref = adapter.backbone.get_intermediate_layers(x, n=[1, 3], reshape=True, norm=True)
+    assert all(torch.equal(a, b) for a, b in zip(adapter._vit_features(x), ref))
+
+
+def test_cpu_uses_mmcv_pytorch_deformable_attention(monkeypatch):
+    """On CPU mmcv must take the pure-PyTorch path (the compiled op is CUDA-only)."""
+    import mmcv.ops.multi_scale_deform_attn as msda
+    calls = []
+    original = msda.multi_scale_deformable_attn_pytorch
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(msda, 'multi_scale_deformable_attn_pytorch', spy)
+    _adapter().eval()(torch.randn(1, 3, 28, 28))
+    assert len(calls) == 4  # 2 interaction extractors + 2 extra extractors
+
+
+def test_bad_backbone_is_reported():
+    with pytest.raises(TypeError, match='get_intermediate_layers'):
+        DinoViTAdapter(backbone=dict(type='mmseg.ResNetV1c', depth=18),
+                       interaction_indexes=[1])
+
+
+def tiny_m2f_cfg(num_classes=3, test_cfg=None):
+    from mmengine import Config
+    cfg = Config.fromfile('configs/_base_/models/seg_m2f.py').model
+    cfg.backbone.update(
+        backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14', depth=4,
+                      embed_dim=DIM, num_heads=2, img_size=56),
+        interaction_indexes=[1, 3], conv_inplane=8, deform_num_heads=4,
+        norm_cfg=dict(type='BN'))
+    head = cfg.decode_head
+    head.update(in_channels=[DIM] * 4, feat_channels=DIM, out_channels=DIM,
+                num_classes=num_classes, num_queries=8)
+    head.loss_cls.class_weight = [1.0] * num_classes + [0.1]
+    head.pixel_decoder.norm_cfg = dict(type='GN', num_groups=4)
+    head.pixel_decoder.encoder.num_layers = 1
+    head.pixel_decoder.encoder.layer_cfg.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
+    head.pixel_decoder.encoder.layer_cfg.ffn_cfg.update(embed_dims=DIM,
+                                                         feedforward_channels=64)
+    head.pixel_decoder.positional_encoding.num_feats = DIM // 2
+    head.positional_encoding.num_feats = DIM // 2
+    head.transformer_decoder.num_layers = 2
+    layer = head.transformer_decoder.layer_cfg
+    layer.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
+    layer.cross_attn_cfg.update(embed_dims=DIM, num_heads=4)
+    layer.ffn_cfg.update(embed_dims=DIM, feedforward_channels=64)
+    head.train_cfg.num_points = 256
+    cfg.data_preprocessor.size = (56, 56)
+    cfg.test_cfg = test_cfg or dict(mode='whole')
+    return cfg
+
+
+def _samples(n, hw, num_classes):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    out = []
+    for _ in range(n):
+        s = SegDataSample(gt_sem_seg=PixelData(
+            data=torch.randint(0, num_classes, (1, *hw))))
+        s.set_metainfo(dict(img_shape=hw, pad_shape=hw, ori_shape=hw,
+                            padding_size=[0, 0, 0, 0]))
+        out.append(s)
+    return out
+
+
+def test_mask2former_train_step_and_slide_inference():
+    # Slide inference is the case mmseg's own EncoderDecoder breaks for Mask2Former.
+    test_cfg = dict(mode='slide', crop_size=(32, 32), stride=(32, 32))
+    import mmdet.models  # noqa: F401
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(tiny_m2f_cfg(test_cfg=test_cfg))
+    model.init_weights()
+    model.train()
+    x = torch.randn(2, 3, 42, 42)
+    losses = model.loss(x, _samples(2, (42, 42), 3))
+    total = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.decode_head.cls_embed.weight.grad is not None
+    assert model.backbone.spm.fc1.weight.grad is not None
+    assert all(p.grad is None for p in model.backbone.backbone.parameters())
+
+    model.eval()
+    with torch.no_grad():
+        preds = model.predict(torch.randn(1, 3, 40, 50), _samples(1, (40, 50), 3))
+    assert preds[0].pred_sem_seg.data.shape == (1, 40, 50)
+    assert preds[0].seg_logits.data.shape == (3, 40, 50)

@@ -1,0 +1,252 @@
+"""End to end on tiny on-disk ADE20K / VOC2012: train with the runner, test, visualise.
+
+The leaf configs of configs/segmentation are used as they are, with a tiny ViT and
+tiny images swapped in through cfg-options, as a user would on a small machine.
+"""
+import glob
+import importlib.util
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip('mmseg.models')
+pytest.importorskip('mmdet.models')
+
+import dino_mm.datasets.segmentation  # noqa: E402,F401  (registers CheckSegAnnotation)
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DIM = 32
+LINEAR_ADE = 'configs/segmentation/dinov2/dinov2-vits14_linear_8xb2-40k_ade20k-512x512.py'
+MS_VOC = 'configs/segmentation/dinov2/dinov2-vits14_ms_8xb2-40k_voc12-512x512.py'
+M2F_ADE = 'configs/segmentation/dinov2/dinov2-vitg14_vit-adapter-m2f_8xb2-80k_ade20k-512x512.py'
+
+
+def _tiny_options(data_root, work_dir, n_layers, reduce_zero_label, num_classes):
+    train_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', reduce_zero_label=reduce_zero_label),
+        dict(type='dino_mm.CheckSegAnnotation', num_classes=num_classes),
+        dict(type='RandomResize', scale=(70, 56), ratio_range=(0.8, 1.2), keep_ratio=True),
+        dict(type='RandomCrop', crop_size=(42, 42)),
+        dict(type='RandomFlip', prob=0.5),
+        dict(type='PackSegInputs'),
+    ]
+    test_pipeline = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=(70, 56), keep_ratio=True),
+        dict(type='LoadAnnotations', reduce_zero_label=reduce_zero_label),
+        dict(type='dino_mm.CheckSegAnnotation', num_classes=num_classes),
+        dict(type='PackSegInputs'),
+    ]
+    return {
+        'work_dir': work_dir,
+        'model.backbone.depth': 4, 'model.backbone.embed_dim': DIM,
+        'model.backbone.num_heads': 2, 'model.backbone.img_size': 56,
+        'model.backbone.out_indices': list(range(4 - n_layers, 4)),
+        'model.backbone.init_cfg': None,
+        'model.decode_head.in_channels': [DIM] * n_layers,
+        'model.decode_head.channels': DIM * n_layers,
+        'model.data_preprocessor.size': (42, 42),
+        'model.test_cfg.crop_size': (42, 42), 'model.test_cfg.stride': (28, 28),
+        'train_dataloader.batch_size': 2, 'train_dataloader.num_workers': 0,
+        'train_dataloader.persistent_workers': False,
+        'train_dataloader.dataset.data_root': data_root,
+        'train_dataloader.dataset.pipeline': train_pipeline,
+        'val_dataloader.num_workers': 0, 'val_dataloader.persistent_workers': False,
+        'val_dataloader.dataset.data_root': data_root,
+        'val_dataloader.dataset.pipeline': test_pipeline,
+        'test_dataloader.num_workers': 0, 'test_dataloader.persistent_workers': False,
+        'test_dataloader.dataset.data_root': data_root,
+        'test_dataloader.dataset.pipeline': test_pipeline,
+        'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
+        'default_hooks.checkpoint.interval': 2, 'default_hooks.logger.interval': 1,
+        'default_hooks.visualization.interval': 1,
+        'env_cfg.cudnn_benchmark': False,
+        'randomness': dict(seed=0),
+    }
+
+
+def _train(config, options):
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(osp.join(ROOT, config))
+    cfg.merge_from_dict(options)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    ckpt = osp.join(cfg.work_dir, 'iter_2.pth')
+    assert osp.isfile(ckpt)
+    return runner, ckpt
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f'dino_mm_tool_{name}',
+                                                  osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _derived_config(tmp_path, leaf, options):
+    """A user-style config: the leaf as `_base_` plus the tiny overrides."""
+    nested = {}
+    for key, value in options.items():
+        node = nested
+        *parents, last = key.split('.')
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    lines = [f'_base_ = [{osp.join(ROOT, leaf)!r}]']
+    lines += [f'{k} = {v!r}' for k, v in nested.items()]
+    path = tmp_path / 'tiny_config.py'
+    path.write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+def test_linear_ade20k_train_test_and_show_through_tools(ade_root, tmp_path):
+    work_dir = str(tmp_path / 'work')
+    options = _tiny_options(ade_root, work_dir, 1, True, 150)
+    config = _derived_config(tmp_path, LINEAR_ADE, options)
+    _load_tool('train').main([config, '--work-dir', work_dir])
+    ckpt = osp.join(work_dir, 'iter_2.pth')
+    assert osp.isfile(ckpt)
+    state = torch.load(ckpt, map_location='cpu', weights_only=False)['state_dict']
+    assert 'decode_head.conv_seg.weight' in state and 'decode_head.bn.running_mean' in state
+
+    show_dir = str(tmp_path / 'show')
+    metrics = _load_tool('test').main([
+        config, ckpt, '--work-dir', str(tmp_path / 'test'), '--show-dir', show_dir,
+        # A new visualizer name: mmengine reuses a same-named visualizer (and its
+        # save_dir) from the training run that happened in this process.
+        '--cfg-options', 'default_hooks.visualization.interval=1',
+        'visualizer.name=seg_test_visualizer', 'test_dataloader.batch_size=1'])
+    assert 0.0 <= metrics['mIoU'] <= 100.0
+    pngs = glob.glob(osp.join(show_dir, '**', '*.png'), recursive=True)
+    assert len(pngs) == 2, pngs  # one colour-coded overlay per validation image
+    from PIL import Image
+    assert Image.open(pngs[0]).mode == 'RGB'
+
+
+def test_ms_voc_train_and_evaluate(voc_root, tmp_path):
+    options = _tiny_options(voc_root, str(tmp_path / 'work'), 4, False, 21)
+    # Multi-scale + flip TTA (4 views) on whole images; slide + TTA is unit-tested.
+    options['model.test_cfg'] = dict(mode='whole', img_ratios=[1.0, 1.5], flip=True)
+    runner, _ = _train(MS_VOC, options)
+    metrics = runner.val_loop.run()
+    assert 0.0 <= metrics['mIoU'] <= 100.0
+
+
+def test_mask2former_ade20k_train_and_evaluate(ade_root, tmp_path):
+    from mmengine.runner import Runner
+    options = _tiny_options(ade_root, str(tmp_path / 'work'), 1, True, 150)
+    options = {k: v for k, v in options.items()
+               if not k.startswith(('model.backbone.', 'model.decode_head.'))}
+    options['model.test_cfg'] = dict(mode='slide', crop_size=(42, 42), stride=(28, 28))
+    cfg = Config.fromfile(osp.join(ROOT, M2F_ADE))
+    cfg.merge_from_dict(options)
+    adapter = cfg.model.backbone
+    adapter.backbone = dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14',
+                            depth=4, embed_dim=DIM, num_heads=2, img_size=56)
+    adapter.update(interaction_indexes=[1, 3], conv_inplane=8, deform_num_heads=4)
+    head = cfg.model.decode_head
+    head.update(in_channels=[DIM] * 4, feat_channels=DIM, out_channels=DIM, num_queries=8)
+    head.pixel_decoder.norm_cfg = dict(type='GN', num_groups=4)
+    head.pixel_decoder.encoder.num_layers = 1
+    head.pixel_decoder.encoder.layer_cfg.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
+    head.pixel_decoder.encoder.layer_cfg.ffn_cfg.update(embed_dims=DIM,
+                                                         feedforward_channels=64)
+    head.pixel_decoder.positional_encoding.num_feats = DIM // 2
+    head.positional_encoding.num_feats = DIM // 2
+    head.transformer_decoder.num_layers = 2
+    layer = head.transformer_decoder.layer_cfg
+    layer.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
+    layer.cross_attn_cfg.update(embed_dims=DIM, num_heads=4)
+    layer.ffn_cfg.update(embed_dims=DIM, feedforward_channels=64)
+    head.train_cfg.num_points = 256
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert osp.isfile(osp.join(cfg.work_dir, 'iter_2.pth'))
+    metrics = runner.val_loop.run()
+    assert 0.0 <= metrics['mIoU'] <= 100.0
+
+
+def _iou_metric(samples, num_classes):
+    from mmseg.evaluation import IoUMetric
+    metric = IoUMetric(iou_metrics=['mIoU'])
+    metric.dataset_meta = dict(classes=[str(i) for i in range(num_classes)])
+    metric.process({}, samples)
+    return metric.compute_metrics(metric.results)
+
+
+def test_miou_hand_checked_on_loaded_annotations(ade_root):
+    """GT as prediction gives 100; a known confusion gives the hand-computed value."""
+    from mmseg.datasets import ADE20KDataset
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        ds = ADE20KDataset(
+            data_root=ade_root,
+            data_prefix=dict(img_path='images/validation',
+                             seg_map_path='annotations/validation'),
+            pipeline=[dict(type='LoadImageFromFile'),
+                      dict(type='LoadAnnotations', reduce_zero_label=True),
+                      dict(type='dino_mm.CheckSegAnnotation', num_classes=150),
+                      dict(type='PackSegInputs')])
+        gts = [ds[i]['data_samples'].gt_sem_seg.data for i in range(len(ds))]
+    assert all(int((g == 255).sum()) == 64 for g in gts)  # the 8x8 ignored corner
+
+    perfect = [dict(pred_sem_seg=dict(data=g), gt_sem_seg=dict(data=g)) for g in gts]
+    assert _iou_metric(perfect, 150)['mIoU'] == 100.0
+
+    # Predict class 0 wherever the truth is class 1 (ignored pixels excluded).
+    wrong = []
+    for g in gts:
+        p = g.clone()
+        p[g == 1] = 0
+        wrong.append(dict(pred_sem_seg=dict(data=p), gt_sem_seg=dict(data=g)))
+    n0 = sum(int((g == 0).sum()) for g in gts)
+    n1 = sum(int((g == 1).sum()) for g in gts)
+    expected = np.round(np.mean([n0 / (n0 + n1), 0.0, 1.0]) * 100, 2)
+    assert _iou_metric(wrong, 150)['mIoU'] == pytest.approx(expected, abs=0.01)
+
+
+def _ade_pipeline_dataset(root):
+    from mmseg.datasets import ADE20KDataset
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        return _ade_dataset(root)
+
+
+def _ade_dataset(root):
+    from mmseg.datasets import ADE20KDataset
+    return ADE20KDataset(
+        data_root=root,
+        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='Resize', scale=(70, 56), keep_ratio=True),
+                  dict(type='LoadAnnotations', reduce_zero_label=True),
+                  dict(type='dino_mm.CheckSegAnnotation', num_classes=150),
+                  dict(type='PackSegInputs')])
+
+
+def test_bad_annotations_give_errors_naming_the_file(ade_root, tmp_path):
+    import shutil
+    from PIL import Image
+    root = str(tmp_path / 'ADEChallengeData2016')
+    shutil.copytree(ade_root, root)
+    ann_dir = osp.join(root, 'annotations', 'validation')
+    name = sorted(os.listdir(ann_dir))[0]
+    path = osp.join(ann_dir, name)
+    good = np.asarray(Image.open(path))
+
+    Image.fromarray(good[:-3]).save(path)  # 3 rows short
+    with pytest.raises(ValueError, match=name) as err:
+        _ade_pipeline_dataset(root)[0]
+    assert 'size' in str(err.value)
+
+    bad = good.copy()
+    bad[20, 20] = 200  # class 199 after reduce_zero_label: outside 150 classes
+    Image.fromarray(bad).save(path)
+    with pytest.raises(ValueError, match=name) as err:
+        _ade_pipeline_dataset(root)[0]
+    assert '199' in str(err.value)

@@ -1,0 +1,77 @@
+"""Hub constructors: every official backbone name, local weights only, torch.hub.load."""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+import dino_mm.hub as hub
+from dino_mm.hub.backbones import BACKBONE_WEIGHTS
+from dino_mm.models.backbones import DINO_VIT_ARCHS
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+BACKBONE_NAMES = [
+    'dinov2_vits14', 'dinov2_vitb14', 'dinov2_vitl14', 'dinov2_vitg14', 'dinov2_vits14_reg',
+    'dinov2_vitb14_reg', 'dinov2_vitl14_reg', 'dinov2_vitg14_reg', 'dinov3_vits16',
+    'dinov3_vits16plus', 'dinov3_vitb16', 'dinov3_vitl16', 'dinov3_vitl16plus',
+    'dinov3_vith16plus', 'dinov3_vit7b16'
+]
+PARAMS_M = {'dinov2_vits14': 22.06, 'dinov2_vitg14_reg': 1136.49, 'dinov3_vit7b16': 6716.04,
+            'dinov3_vitl16plus': 403.92}
+
+
+@pytest.mark.parametrize('name', BACKBONE_NAMES)
+def test_every_backbone_constructor_builds_full_size_on_meta(name):
+    with torch.device('meta'):
+        model = getattr(hub, name)(pretrained=False)
+    assert model.arch_settings == DINO_VIT_ARCHS[name]
+    if name in PARAMS_M:
+        count = sum(p.numel() for p in model.parameters()) / 1e6
+        assert abs(count - PARAMS_M[name]) < 0.01, count
+    assert not model.training
+
+
+def test_pretrained_offline_error_names_file(monkeypatch, tmp_path):
+    monkeypatch.setenv('DINO_MM_WEIGHTS', str(tmp_path))
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torchhub'))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        hub.dinov2_vitb14_reg(pretrained=True, depth=1)
+    assert 'dinov2_vitb14_reg4_pretrain.pth' in str(err.value)
+    assert 'DINO_MM_WEIGHTS' in str(err.value) and 'never downloads' in str(err.value)
+    with pytest.raises(FileNotFoundError, match='dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth'):
+        hub.dinov3_vitl16(weights='SAT493M', depth=1)
+    with pytest.raises(FileNotFoundError, match='neither an existing file'):
+        hub.dinov3_vits16(weights=str(tmp_path / 'nope.pth'))
+
+
+def test_weights_path_and_weights_dir_load_strictly(monkeypatch, tmp_path):
+    src = hub.dinov3_vitl16(depth=1, embed_dim=64, num_heads=1,
+                            untie_global_and_local_cls_norm=True)
+    file_name = BACKBONE_WEIGHTS['dinov3_vitl16']['SAT493M']
+    torch.save(src.state_dict(), tmp_path / file_name)
+    monkeypatch.setenv('DINO_MM_WEIGHTS', str(tmp_path))
+    # the SAT-493M hash switches on local_cls_norm, as the official hub does
+    model = hub.dinov3_vitl16(pretrained=True, weights='SAT493M', depth=1, embed_dim=64,
+                              num_heads=1)
+    assert model.local_cls_norm is not None
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    by_path = hub.dinov3_vitl16(weights=str(tmp_path / file_name), depth=1, embed_dim=64,
+                                num_heads=1)
+    assert torch.equal(by_path.cls_token, src.cls_token)
+    with pytest.raises(RuntimeError, match='unexpected keys.*\n.*local_cls_norm'):
+        hub.dinov3_vits16(weights=str(tmp_path / file_name), depth=1, embed_dim=64,
+                          num_heads=1)
+
+
+def test_torch_hub_load_local():
+    model = torch.hub.load(REPO_ROOT, 'dinov2_vitb14', source='local', pretrained=False,
+                           depth=1, embed_dim=64, num_heads=2)
+    out = model(torch.randn(1, 3, 28, 42))
+    assert out.shape == (1, 64)
+    spec = importlib.util.spec_from_file_location('hubconf', osp.join(REPO_ROOT, 'hubconf.py'))
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    assert hubconf.dependencies == ['torch']
+    assert all(callable(getattr(hubconf, n)) for n in BACKBONE_NAMES)
