@@ -5,7 +5,7 @@
 # Expected (official README): 82.0 % kNN / 84.5 % linear on ImageNet-1k, ~3.3 days.
 _base_ = [
     '../_base_/models/dinov2_ssl.py', '../_base_/datasets/imagenet_dinov2_pretrain.py',
-    '../_base_/schedules/dinov2_pretrain.py', '../_base_/default_runtime.py'
+    '../_base_/schedules/dinov2_pretrain.py', '../_base_/dinov2_pretrain_runtime.py'
 ]
 epoch_length = 1250
 epochs = 500
@@ -17,7 +17,7 @@ model = dict(
     backbone=dict(arch='dinov2_vitl14', patch_size=14, ffn_layer='swiglufused',
                   drop_path_rate=0.4),
     dino_head=dict(out_dim=131072, bottleneck_dim=384),
-    ibot_head=dict(type='dino_mm.DINOHead', out_dim=131072, hidden_dim=2048,
+    ibot_head=dict(_delete_=True, type='dino_mm.DINOHead', out_dim=131072, hidden_dim=2048,
                    bottleneck_dim=256, nlayers=3),
     centering='sinkhorn_knopp')
 train_dataloader = dict(

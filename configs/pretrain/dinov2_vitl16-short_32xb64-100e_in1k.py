@@ -5,5 +5,5 @@
 #         configs/pretrain/dinov2_vitl16-short_32xb64-100e_in1k.py
 _base_ = [
     '../_base_/models/dinov2_ssl.py', '../_base_/datasets/imagenet_dinov2_pretrain.py',
-    '../_base_/schedules/dinov2_pretrain.py', '../_base_/default_runtime.py'
+    '../_base_/schedules/dinov2_pretrain.py', '../_base_/dinov2_pretrain_runtime.py'
 ]

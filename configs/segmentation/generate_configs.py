@@ -4,7 +4,7 @@ Every leaf only states what differs from its bases: the backbone arch and layers
 head widths, the dataset and the schedule, plus the published mIoU in a comment.
 """
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 HERE = osp.dirname(osp.abspath(__file__))
 
@@ -103,7 +103,8 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
     indices = [quarter * (i + 1) - 1 for i in range(4)]
     if version == 'dinov2':
         published = '60.2 (DINOv2 README, ViT-g + Mask2Former, unverified)'
-        heads, width, extra, test = 24, 256, '', "mode='slide', crop_size=(512, 512), stride=(341, 341)"
+        heads, width, extra = 24, 256, ''
+        test = "mode='slide', crop_size=(512, 512), stride=(341, 341)"
     else:
         published = '63.0 (DINOv3 paper, 7B + M2F, unverified)'
         heads, width = 32, 2048
@@ -136,7 +137,8 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
             '        pixel_decoder=dict(',
             f'            encoder=dict(layer_cfg=dict(self_attn_cfg=dict(embed_dims={width}),',
             f'                                        ffn_cfg=dict(embed_dims={width},',
-            f'                                                     feedforward_channels={2 * width}))),',
+            f'                                                     '
+            f'feedforward_channels={2 * width}))),',
             f'            positional_encoding=dict(num_feats={width // 2})),',
             f'        positional_encoding=dict(num_feats={width // 2}),',
             '        transformer_decoder=dict(layer_cfg=dict(',

@@ -189,6 +189,10 @@ def spawned_worker(rank: int, world_size: int, port: int, images: Sequence[str],
     It lives in the package, not in the tool script, so spawned children can import it.
     """
     import torch.distributed as dist
+
+    # A forked child must not enter the OpenMP pool its parent already started (libgomp
+    # deadlocks); one thread per process, the parallelism comes from the processes.
+    torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world_size)
     try:

@@ -142,11 +142,12 @@ def shard_dino_model(model: nn.Module,
             if activation_checkpointing and side == 'student' and hasattr(
                     sub, 'set_grad_checkpointing'):
                 sub.set_grad_checkpointing(True)
+            # The teacher never runs backward: keeping its gathered weights (SHARD_GRAD_OP)
+            # would only hold memory until the next forward.
+            reshard = reshard_after_forward or side == 'teacher'
             for block in _blocks(sub):
-                fully_shard(block, mesh=mesh, mp_policy=policy,
-                            reshard_after_forward=reshard_after_forward)
-            fully_shard(sub, mesh=mesh, mp_policy=policy,
-                        reshard_after_forward=reshard_after_forward)
+                fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(sub, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
             for method in _FORWARD_METHODS:
                 if callable(getattr(sub, method, None)):
                     register_fsdp_forward_method(sub, method)
@@ -185,6 +186,12 @@ def fsdp_update_teacher(model: nn.Module, momentum: float) -> None:
 
     Works for sharded (DTensor) and plain parameters alike; nothing is gathered.
     """
+    # FSDP2 roots keep their weights gathered after a forward without backward (the
+    # teacher's); put every unit back to its shards so both sides hold local shards.
+    for side in (model.student, model.teacher):
+        for module in side.modules():
+            if callable(getattr(module, 'reshard', None)) and hasattr(module, 'unshard'):
+                module.reshard()
     s_local, t_local = [], []
     for _, s, t in _param_pairs(model):
         s_local.append(_local(s).detach())
@@ -202,16 +209,18 @@ class _MetadataUnpickler(pickle.Unpickler):
     as safe as loading a dino_mm ``.pth``.
     """
 
+    _EXACT = {('torch', 'Size'), ('torch.serialization', '_get_layout'),
+              ('pathlib', 'PosixPath'), ('pathlib', 'WindowsPath'), ('pathlib', 'Path'),
+              ('collections', 'OrderedDict'), ('builtins', 'set'), ('builtins', 'frozenset'),
+              ('builtins', 'slice')}
+
     def find_class(self, module: str, name: str):
-        allowed = (module.startswith('torch.distributed.checkpoint')
-                   or module in ('collections', 'torch.distributed.tensor.placement_types')
-                   or (module == 'torch' and (name == 'Size' or isinstance(
-                       getattr(torch, name, None), torch.dtype)))
-                   or (module == 'builtins' and name in ('set', 'frozenset', 'slice',
-                                                         'tuple', 'list', 'dict'))
-                   or (module in ('torch.serialization', 'torch._utils', 'enum')
-                       and not name.startswith('_') or name == '_rebuild_tensor_v2')
-                   or (module == 'torch.storage' and name == 'UntypedStorage'))
+        allowed = ((module, name) in self._EXACT
+                   or module.startswith('torch.distributed.checkpoint.')
+                   or module.startswith('torch.distributed.tensor.')
+                   or (module == 'torch' and isinstance(getattr(torch, name, None),
+                                                        (torch.dtype, torch.layout,
+                                                         torch.memory_format))))
         if not allowed:
             raise pickle.UnpicklingError(f'global {module}.{name} is not allowed')
         return super().find_class(module, name)

@@ -16,8 +16,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- PCA
 def test_fit_pca_matches_numpy_svd(real_images):
-    ext = PixelPatchFeatures(16)
-    feats = [ext.image_features(real_images[k], 128).features
+    ext = PixelPatchFeatures(8)
+    feats = [ext.image_features(real_images[k], 64).features
              for k in ('astronaut', 'coffee')]
     x = torch.cat([f.reshape(-1, f.shape[-1]) for f in feats]).numpy().astype(np.float64)
     mean, comps, var = fit_pca(torch.from_numpy(x), 3)

@@ -145,8 +145,8 @@ def test_stage_with_missing_checkpoint_fails_before_training(digits_root, tmp_pa
     assert runner.iter == 0
 
 
-def test_stage_with_incompatible_checkpoint_fails_before_training(digits_root, stage1,
-                                                                   tmp_path):
+def test_stage_with_incompatible_checkpoint_fails_before_training(
+        digits_root, stage1, tmp_path):
     ckpt1, _ = stage1
     cfg1 = Config.fromfile(osp.join(DEMO, 'dinov3_vit-tiny_digits.py'))
     other = copy.deepcopy(cfg1.model)

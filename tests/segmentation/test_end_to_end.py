@@ -156,8 +156,8 @@ def test_mask2former_ade20k_train_and_evaluate(ade_root, tmp_path):
     head.pixel_decoder.norm_cfg = dict(type='GN', num_groups=4)
     head.pixel_decoder.encoder.num_layers = 1
     head.pixel_decoder.encoder.layer_cfg.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
-    head.pixel_decoder.encoder.layer_cfg.ffn_cfg.update(embed_dims=DIM,
-                                                         feedforward_channels=64)
+    head.pixel_decoder.encoder.layer_cfg.ffn_cfg.update(
+        embed_dims=DIM, feedforward_channels=64)
     head.pixel_decoder.positional_encoding.num_feats = DIM // 2
     head.positional_encoding.num_feats = DIM // 2
     head.transformer_decoder.num_layers = 2
@@ -212,7 +212,6 @@ def test_miou_hand_checked_on_loaded_annotations(ade_root):
 
 
 def _ade_pipeline_dataset(root):
-    from mmseg.datasets import ADE20KDataset
     with DefaultScope.overwrite_default_scope('mmseg'):
         return _ade_dataset(root)
 

@@ -25,17 +25,4 @@ param_scheduler = [
     dict(type='dino_mm.DINOCosineParamScheduler', param_name='weight_decay', base_value=0.04,
          final_value=0.4, total_iters=total_iters, by_epoch=False),
 ]
-custom_hooks = [
-    dict(type='dino_mm.PlainCheckpointHook'),
-    dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.04, teacher_temp=0.07,
-         warmup_iters=30 * epoch_length),
-    dict(type='dino_mm.TeacherMomentumHook', momentum_teacher=0.992,
-         final_momentum_teacher=1.0),
-]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=total_iters)
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=10),
-    # official: every 3 epochs, keep 3
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=3 * epoch_length,
-                    max_keep_ckpts=3, save_last=True))
-log_processor = dict(by_epoch=False, window_size=10)

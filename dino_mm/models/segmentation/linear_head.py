@@ -8,7 +8,7 @@ attribute names means the official head checkpoints (``decode_head.bn.*``,
 ``decode_head.conv_seg.*``) load unchanged. DINOv3 names the same layers
 ``batchnorm_layer`` / ``conv``; ``tools/convert/convert_seg_head.py`` renames them.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn

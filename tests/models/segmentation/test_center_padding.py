@@ -4,8 +4,8 @@ import torch
 
 pytest.importorskip('mmseg.models')
 
-from dino_mm.models.segmentation.center_padding import (CenterPadding, center_pad,
-                                                         center_pad_amounts)
+from dino_mm.models.segmentation.center_padding import (  # noqa: E402
+    CenterPadding, center_pad, center_pad_amounts)
 
 
 @pytest.mark.parametrize('size,multiple,expected', [

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 pytest.importorskip('mmseg.models')
 
-from dino_mm.models.segmentation import DinoEncoderDecoder, DinoLinearHead  # noqa: E402
+from dino_mm.models.segmentation import DinoLinearHead  # noqa: E402
 from dino_mm.registry import MODELS  # noqa: E402
 
 DIM = 32

@@ -85,8 +85,8 @@ def tiny_m2f_cfg(num_classes=3, test_cfg=None):
     head.pixel_decoder.norm_cfg = dict(type='GN', num_groups=4)
     head.pixel_decoder.encoder.num_layers = 1
     head.pixel_decoder.encoder.layer_cfg.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
-    head.pixel_decoder.encoder.layer_cfg.ffn_cfg.update(embed_dims=DIM,
-                                                         feedforward_channels=64)
+    head.pixel_decoder.encoder.layer_cfg.ffn_cfg.update(
+        embed_dims=DIM, feedforward_channels=64)
     head.pixel_decoder.positional_encoding.num_feats = DIM // 2
     head.positional_encoding.num_feats = DIM // 2
     head.transformer_decoder.num_layers = 2
