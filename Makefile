@@ -1,7 +1,11 @@
 # dino_mm developer commands. VENV can be overridden: make test VENV=/path/to/venv
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two workers with one BLAS thread each use the 2 cores of a CI machine best.
 PYTEST_ARGS ?=
+PYTEST_WORKERS ?= 2
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
 
 .PHONY: setup setup-tests demo test test-fast clean-venv
 
@@ -17,11 +21,11 @@ demo: setup
 	$(PY) tools/demo.py
 
 test: setup-tests
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Run the tests without re-checking the environment.
 test-fast:
-	$(PY) -m pytest tests -x -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile -q $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

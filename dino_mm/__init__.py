@@ -6,6 +6,9 @@ through the registries' ``locations``; call :func:`dino_mm.utils.register_all_mo
 to import everything at once.
 """
 from .version import __version__
+from .utils.compat import apply_compat_fixes
+
+apply_compat_fixes()  # before anything imports mmpretrain / mmdet / mmseg
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401
 from .models import *  # noqa: E402,F401,F403

@@ -1,6 +1,8 @@
 """Fixtures shared by every test area: real images shipped by scikit-image, seeding."""
 import random
 
+import dino_mm  # noqa: F401  (first: applies the OpenMMLab compatibility fixes)
+
 import numpy as np
 import pytest
 import torch

@@ -130,8 +130,8 @@ STEP="install dino_mm in editable mode"
 
 STEP="verify the environment"
 "$PY" - <<'EOF'
+import dino_mm  # first: it applies the compatibility fixes (dino_mm/utils/compat.py)
 import torch, mmcv, mmcv.ops, mmengine, mmseg.models, mmdet.models, mmpretrain.models, timm
-import dino_mm
 print(f"[setup_env] torch {torch.__version__}, mmcv {mmcv.__version__} (ops ok), mmengine "
       f"{mmengine.__version__}, timm {timm.__version__}, dino_mm {dino_mm.__version__}")
 EOF

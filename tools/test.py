@@ -78,9 +78,16 @@ def main(argv=None):
     apply_common_args(cfg, args.config, args.work_dir, args.launcher)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    cfg.load_from = None if args.checkpoint.lower() == 'none' else args.checkpoint
-    if cfg.load_from is not None and not osp.isfile(cfg.load_from):
-        raise FileNotFoundError(f'Checkpoint "{cfg.load_from}" does not exist.')
+    checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
+    if checkpoint is not None and not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'Checkpoint "{checkpoint}" does not exist.')
+    if checkpoint is not None and 'backbone_checkpoint' in cfg.model:
+        # Frozen-feature evaluations (kNN, logistic regression) take an official-layout
+        # backbone file, loaded strictly by the model (Runner.test never calls
+        # init_weights, and load_from expects model-level keys).
+        cfg.model.backbone_checkpoint = checkpoint
+        checkpoint = None
+    cfg.load_from = checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     if args.tta:

@@ -21,7 +21,8 @@ train_dataloader = dict(
     persistent_workers=True,
     pin_memory=True,
     drop_last=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
+    # Re-seeds the RNGs per sample so that `--resume` reproduces the uninterrupted run.
+    sampler=dict(type='dino_mm.SeededInfiniteSampler', shuffle=True),
     collate_fn=dict(type='dino_mm.dino_collate', mask_ratio_min_max=(0.1, 0.5),
                     mask_probability=0.5, patch_size=patch_size),
     dataset=dict(type=dataset_type, data_root=data_root, split='TRAIN',

@@ -409,8 +409,10 @@ class DinoVisionTransformer(BaseModule):
         if self.interpolate_offset:
             # The scale factor (not the output size) sets the sampling grid of bicubic
             # interpolation; keeping it reproduces the official features exactly.
-            kwargs = dict(scale_factor=((h0 + self.interpolate_offset) / M,
-                                        (w0 + self.interpolate_offset) / M))
+            # float() keeps the factors Python numbers when sizes are traced tensors
+            # (torch.jit.trace / ONNX export), as the official code does.
+            kwargs = dict(scale_factor=(float(h0 + self.interpolate_offset) / M,
+                                        float(w0 + self.interpolate_offset) / M))
         else:
             kwargs = dict(size=(h0, w0))
         grid = pos[:, 1:].reshape(1, M, M, -1).permute(0, 3, 1, 2)
