@@ -33,6 +33,23 @@ from mmengine.registry import \
     WEIGHT_INITIALIZERS as MMENGINE_WEIGHT_INITIALIZERS
 from mmengine.registry import Registry
 
+from dino_mm.utils.scope import prefix_scope
+
+
+def _with_prefix_scope(build):
+    """Build ``type='mmseg.X'`` (mmdet, mmpretrain) dicts in that package's scope."""
+
+    def build_func(cfg, registry, default_args=None):
+        scope = prefix_scope(cfg)
+        if scope is not None:
+            cfg = cfg.copy()
+            cfg['_scope_'] = scope
+        return build(cfg, registry, default_args)
+
+    return build_func
+
+
+
 # Models: backbones, heads, losses, algorithms, and the dense-task glue (which imports
 # mmseg / mmdet, so it is only pulled in when a registry lookup needs it).
 _MODEL_LOCATIONS = [
@@ -40,60 +57,42 @@ _MODEL_LOCATIONS = [
     'dino_mm.models.detection'
 ]
 
-RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope='dino_mm',
-                   locations=['dino_mm.engine'])
-RUNNER_CONSTRUCTORS = Registry('runner constructor', parent=MMENGINE_RUNNER_CONSTRUCTORS,
-                               scope='dino_mm', locations=['dino_mm.engine'])
-LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope='dino_mm',
-                 locations=['dino_mm.engine', 'dino_mm.evaluation'])
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='dino_mm',
-                 locations=['dino_mm.engine'])
-STRATEGIES = Registry('strategy', parent=MMENGINE_STRATEGIES, scope='dino_mm',
-                      locations=['dino_mm.engine'])
-LOG_PROCESSORS = Registry('log processor', parent=MMENGINE_LOG_PROCESSORS,
-                          scope='dino_mm', locations=['dino_mm.engine'])
+def _child(name: str, parent: Registry, locations: list) -> Registry:
+    """A child of an MMEngine root registry in the ``dino_mm`` scope."""
+    return Registry(name, parent=parent, scope='dino_mm', locations=locations,
+                    build_func=_with_prefix_scope(parent.build_func))
+
+
+RUNNERS = _child('runner', MMENGINE_RUNNERS, ['dino_mm.engine'])
+RUNNER_CONSTRUCTORS = _child('runner constructor', MMENGINE_RUNNER_CONSTRUCTORS, ['dino_mm.engine'])
+LOOPS = _child('loop', MMENGINE_LOOPS, ['dino_mm.engine', 'dino_mm.evaluation'])
+HOOKS = _child('hook', MMENGINE_HOOKS, ['dino_mm.engine'])
+STRATEGIES = _child('strategy', MMENGINE_STRATEGIES, ['dino_mm.engine'])
+LOG_PROCESSORS = _child('log processor', MMENGINE_LOG_PROCESSORS, ['dino_mm.engine'])
 
 # Dense-task datasets import mmseg / mmdet, so they are only imported on lookup.
 _DATASET_LOCATIONS = [
     'dino_mm.datasets', 'dino_mm.datasets.depth', 'dino_mm.datasets.segmentation',
     'dino_mm.datasets.detection'
 ]
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='dino_mm',
-                    locations=_DATASET_LOCATIONS)
-DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope='dino_mm',
-                         locations=['dino_mm.datasets'])
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='dino_mm',
-                      locations=['dino_mm.datasets.transforms'] + _DATASET_LOCATIONS[1:])
-FUNCTIONS = Registry('function', parent=MMENGINE_FUNCTIONS, scope='dino_mm',
-                     locations=['dino_mm.datasets'])
+DATASETS = _child('dataset', MMENGINE_DATASETS, _DATASET_LOCATIONS)
+DATA_SAMPLERS = _child('data sampler', MMENGINE_DATA_SAMPLERS, ['dino_mm.datasets'])
+TRANSFORMS = _child('transform', MMENGINE_TRANSFORMS, ['dino_mm.datasets.transforms'] + _DATASET_LOCATIONS[1:])
+FUNCTIONS = _child('function', MMENGINE_FUNCTIONS, ['dino_mm.datasets'])
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='dino_mm',
-                  locations=_MODEL_LOCATIONS)
-MODEL_WRAPPERS = Registry('model_wrapper', parent=MMENGINE_MODEL_WRAPPERS,
-                          scope='dino_mm', locations=['dino_mm.engine'])
-WEIGHT_INITIALIZERS = Registry('weight initializer', parent=MMENGINE_WEIGHT_INITIALIZERS,
-                               scope='dino_mm', locations=['dino_mm.models'])
-TASK_UTILS = Registry('task util', parent=MMENGINE_TASK_UTILS, scope='dino_mm',
-                      locations=_MODEL_LOCATIONS)
+MODELS = _child('model', MMENGINE_MODELS, _MODEL_LOCATIONS)
+MODEL_WRAPPERS = _child('model_wrapper', MMENGINE_MODEL_WRAPPERS, ['dino_mm.engine'])
+WEIGHT_INITIALIZERS = _child('weight initializer', MMENGINE_WEIGHT_INITIALIZERS, ['dino_mm.models'])
+TASK_UTILS = _child('task util', MMENGINE_TASK_UTILS, _MODEL_LOCATIONS)
 
-OPTIMIZERS = Registry('optimizer', parent=MMENGINE_OPTIMIZERS, scope='dino_mm',
-                      locations=['dino_mm.engine'])
-OPTIM_WRAPPERS = Registry('optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS,
-                          scope='dino_mm', locations=['dino_mm.engine'])
-OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
-                                      parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
-                                      scope='dino_mm', locations=['dino_mm.engine'])
-PARAM_SCHEDULERS = Registry('parameter scheduler', parent=MMENGINE_PARAM_SCHEDULERS,
-                            scope='dino_mm', locations=['dino_mm.engine'])
+OPTIMIZERS = _child('optimizer', MMENGINE_OPTIMIZERS, ['dino_mm.engine'])
+OPTIM_WRAPPERS = _child('optim_wrapper', MMENGINE_OPTIM_WRAPPERS, ['dino_mm.engine'])
+OPTIM_WRAPPER_CONSTRUCTORS = _child('optimizer wrapper constructor', MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS, ['dino_mm.engine'])
+PARAM_SCHEDULERS = _child('parameter scheduler', MMENGINE_PARAM_SCHEDULERS, ['dino_mm.engine'])
 
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='dino_mm',
-                   locations=['dino_mm.evaluation'])
-EVALUATOR = Registry('evaluator', parent=MMENGINE_EVALUATOR, scope='dino_mm',
-                     locations=['dino_mm.evaluation'])
+METRICS = _child('metric', MMENGINE_METRICS, ['dino_mm.evaluation'])
+EVALUATOR = _child('evaluator', MMENGINE_EVALUATOR, ['dino_mm.evaluation'])
 
-VISUALIZERS = Registry('visualizer', parent=MMENGINE_VISUALIZERS, scope='dino_mm',
-                       locations=['dino_mm.visualization'])
-VISBACKENDS = Registry('vis_backend', parent=MMENGINE_VISBACKENDS, scope='dino_mm',
-                       locations=['dino_mm.visualization'])
-INFERENCERS = Registry('inferencer', parent=MMENGINE_INFERENCERS, scope='dino_mm',
-                       locations=['dino_mm.apis'])
+VISUALIZERS = _child('visualizer', MMENGINE_VISUALIZERS, ['dino_mm.visualization'])
+VISBACKENDS = _child('vis_backend', MMENGINE_VISBACKENDS, ['dino_mm.visualization'])
+INFERENCERS = _child('inferencer', MMENGINE_INFERENCERS, ['dino_mm.apis'])

@@ -96,6 +96,8 @@ def main(argv=None):
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
+    from dino_mm.utils.scope import add_prefix_scopes
+    add_prefix_scopes(cfg)  # 'mmseg.X' is built in the mmseg scope, etc.
     setup_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)

@@ -92,6 +92,8 @@ def main(argv=None):
     register_all_modules(init_default_scope=False)
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
+    from dino_mm.utils.scope import add_prefix_scopes
+    add_prefix_scopes(cfg)  # 'mmseg.X' is built in the mmseg scope, etc.
     setup_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)

@@ -17,3 +17,7 @@ test_cfg = dict(
 test_evaluator = dict(type='dino_mm.KNNMetric', ks=(10, 20, 100, 200), temperature=0.07,
                       topk=(1, 5))
 custom_hooks = []
+# Frozen-feature evaluation has no validation loop (MMEngine wants all three unset).
+val_dataloader = None
+val_cfg = None
+val_evaluator = None

@@ -47,6 +47,8 @@ optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05))
 param_scheduler = [dict(type='CosineAnnealingLR', T_max=200, by_epoch=False, eta_min=1e-5)]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=200, val_interval=100)
 val_cfg = dict()
+# The backbone's mask token is only used by masked (iBOT) inputs: let DDP skip it.
+find_unused_parameters = True
 test_cfg = dict()
 
 default_hooks = dict(

@@ -161,6 +161,12 @@ def export_onnx(backbone: nn.Module, path: str, example_size: Tuple[int, int] = 
                 exported = True
             except Exception as err:  # noqa: BLE001 - fall back to a static graph
                 info['dynamic_error'] = f'{type(err).__name__}: {str(err)[:300]}'
+            if exported and not check_sizes:
+                # Exporters can bake size-dependent arithmetic into constants, so a
+                # dynamic graph is only kept if it is right at a size it was not traced at.
+                patch = int(getattr(backbone, 'patch_size', 16))
+                check_sizes = [tuple(example_size),
+                               (example_size[0] + 2 * patch, example_size[1] + patch)]
             if exported and check_sizes:
                 error = _check_onnx(backbone, path, check_sizes, atol)
                 if error:

@@ -13,11 +13,13 @@ from mmdet.datasets import CocoDataset
 from mmengine.logging import print_log
 
 from dino_mm.registry import DATASETS
+from dino_mm.utils.scope import builds_in_scope
 
 __all__ = ['CheckedCocoDataset']
 
 
 @DATASETS.register_module()
+@builds_in_scope('mmdet')
 class CheckedCocoDataset(CocoDataset):
     """mmdet ``CocoDataset`` that validates images and boxes up front.
 

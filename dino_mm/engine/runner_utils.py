@@ -62,7 +62,10 @@ def setup_cpu_distributed(cfg: Config) -> None:
     cfg.setdefault('env_cfg', ConfigDict())
     cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
     cfg.env_cfg.dist_cfg.backend = 'gloo'
-    wrapper = cfg.get('model_wrapper_cfg', None) or ConfigDict(type='MMDistributedDataParallel')
+    wrapper = cfg.get('model_wrapper_cfg', None)
+    if wrapper is None:  # MMEngine's own default wrapper, with its default arguments
+        wrapper = ConfigDict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                             find_unused_parameters=cfg.get('find_unused_parameters', False))
     if 'DistributedDataParallel' in str(wrapper.get('type', '')):
         wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper

@@ -26,6 +26,9 @@ def _opts(digits_root, max_iters, extra=()):
             # no random flip: an uninterrupted run and a resumed run must match exactly
             'train_dataloader.dataset.pipeline.1.prob=0.0',
             f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=1000',
+            # an explicit schedule length: MMEngine otherwise ends the schedule at the
+            # first run's max_iters, which a stopped-early run does not share
+            'param_scheduler.0.end=200',
             'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1',
             'randomness.deterministic=True', *extra]
 

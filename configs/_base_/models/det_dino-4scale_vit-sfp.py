@@ -1,7 +1,7 @@
 # mmdet DINO (4 feature levels) on a plain dino_mm ViT through a simple feature pyramid.
-# The dense-task configs run in the mmdet scope so mmdet's internal builders
-# (assigners, costs, layers) resolve; dino_mm modules are named with the 'dino_mm.' prefix.
-default_scope = 'mmdet'
+# Detection configs run in the mmdet scope (configs/_base_/det_runtime.py) so mmdet's
+# internal builders (assigners, costs, layers) resolve; dino_mm modules carry the
+# 'dino_mm.' prefix.
 embed_dim = 1024  # set by the leaf config together with the backbone arch
 model = dict(
     type='DINO',

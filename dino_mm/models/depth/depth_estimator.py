@@ -26,6 +26,7 @@ from mmseg.models.segmentors import DepthEstimator
 from torch import Tensor
 
 from dino_mm.registry import MODELS
+from dino_mm.utils.scope import builds_in_scope
 
 
 def center_padding(size: int, multiple: int) -> Tuple[int, int]:
@@ -78,6 +79,7 @@ class DepthDataPreProcessor(SegDataPreProcessor):
 
 
 @MODELS.register_module()
+@builds_in_scope('mmseg')
 class DinoDepthEstimator(DepthEstimator):
     """Monocular depth estimator: (frozen) DINO backbone + depth decode head.
 

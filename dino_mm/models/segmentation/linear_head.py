@@ -18,11 +18,13 @@ from mmseg.models.utils import resize
 from torch import Tensor
 
 from dino_mm.registry import MODELS
+from dino_mm.utils.scope import builds_in_scope
 
 FeatureInput = Union[Tensor, Sequence[Tensor]]
 
 
 @MODELS.register_module()
+@builds_in_scope('mmseg')
 class DinoLinearHead(BaseDecodeHead):
     """BatchNorm + 1x1 conv head on frozen DINO features (official ``BNHead``).
 

@@ -22,10 +22,12 @@ from mmseg.models.segmentors import EncoderDecoder
 from torch import Tensor
 
 from dino_mm.registry import MODELS
+from dino_mm.utils.scope import builds_in_scope
 from .center_padding import center_pad
 
 
 @MODELS.register_module()
+@builds_in_scope('mmseg')
 class DinoEncoderDecoder(EncoderDecoder):
     """mmseg ``EncoderDecoder`` with DINO-specific input handling.
 

@@ -87,6 +87,8 @@ def test_mmdet_retinanet(real_images, backbone, channels):
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
+    from mmengine.config import Config
+
     from dino_mm.registry import MODELS
     n_levels = 3
     cfg = dict(
@@ -113,7 +115,8 @@ def test_mmdet_retinanet(real_images, backbone, channels):
                        pos_weight=-1, debug=False),
         test_cfg=dict(nms_pre=50, min_bbox_size=0, score_thr=0.0,
                       nms=dict(type='nms', iou_threshold=0.5), max_per_img=5))
-    model = MODELS.build(cfg)
+    # mmdet heads read train/test cfgs by attribute, as a config file would give them.
+    model = MODELS.build(Config(dict(model=cfg)).model)
     size = (56, 56) if backbone['type'].endswith('Transformer') else (64, 64)
     samples = []
     for _ in range(2):

@@ -1,0 +1,1 @@
+"""dino_mm test suite (a package so spawned workers can import `tests.*` modules)."""
