@@ -16,10 +16,15 @@ Both sides start from the same weights (the dino_mm model's state dict is loaded
 into the official modules) and get the same batch (real scikit-image photographs through
 ``DINOMultiCrop`` + ``dino_collate``); the first step's loss terms are compared before
 timing. Drop path is off on both sides (the official batch-subset drop path draws random
-numbers differently, which would break the loss comparison). Each implementation runs in
-its own process; peak memory is the process peak RSS during the timed steps minus the RSS
-before them (CPU), or ``torch.cuda.max_memory_allocated`` minus the memory held before the
-first step (CUDA).
+numbers differently, which would break the loss comparison).
+
+* time: both implementations in one process, their steps alternated ``--iters`` times;
+  the minimum per implementation is reported with the median (on a shared machine the
+  load changes a step's time several-fold; alternating exposes both sides to it equally);
+* peak memory: each implementation alone in its own process, the process peak RSS during
+  a step minus the RSS before it with weights, optimizer state and batch allocated but no
+  gradients (CPU; glibc is told to mmap large blocks so RSS follows live tensors), or
+  ``torch.cuda.max_memory_allocated`` minus the memory held before the step (CUDA).
 
 Rows:
 
@@ -30,7 +35,7 @@ Rows:
 
 Example::
 
-    python benchmarks/ssl_step.py --arch dinov2_vits14 --batch 4 --iters 3 --warmup 1
+    python benchmarks/ssl_step.py --arch dinov2_vits14 --batch 4 --iters 5 --warmup 1
 """
 import argparse
 import json
@@ -63,16 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='DINO head prototypes (official default 65536)')
     parser.add_argument('--hidden', type=int, default=2048, help='DINO head hidden dim')
     parser.add_argument('--bottleneck', type=int, default=256, help='DINO head bottleneck')
-    parser.add_argument('--iters', type=int, default=3, help='timed steps')
+    parser.add_argument('--iters', type=int, default=5,
+                        help='timed steps per implementation (alternated)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps first')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--impl', choices=IMPLS + ('both', ), default='both')
-    parser.add_argument('--rounds', type=int, default=1,
-                        help='alternate the two implementations this many times and keep '
-                        'the median per implementation (the load of a shared machine drifts)')
     parser.add_argument('--json', default=None, help='also write the results here')
-    parser.add_argument('--worker', choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument('--worker', choices=IMPLS + ('time', ), help=argparse.SUPPRESS)
     parser.add_argument('--out', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -320,23 +322,48 @@ def _measure(fn: Callable[[], object], free_grads: Callable[[], None], iters: in
     return times[len(times) // 2], cpu_times[len(cpu_times) // 2], peak
 
 
+def _build_impl(name: str, model, args: argparse.Namespace, device: torch.device):
+    if name == 'dino_mm':
+        return DinoMMStep(model, device)
+    return OfficialStep(model, args, device)
+
+
 def worker(args: argparse.Namespace) -> None:
-    """Child process: one implementation, first-step losses, timings, JSON to --out."""
+    """Child process, JSON to --out.
+
+    ``--worker dino_mm|official``: first-step losses and peak memory of one implementation
+    (alone in its process). ``--worker time``: both implementations in one process, steps
+    alternated ``--iters`` times after ``--warmup``; the minimum per implementation is the
+    least disturbed figure on a shared machine, and alternating exposes both to the same
+    load drift.
+    """
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_model(args)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in build_batch(args).items()}
-    impl = DinoMMStep(model, device) if args.worker == 'dino_mm' else OfficialStep(
-        model, args, device)
-    first = impl.step(batch)  # also the losses compared between the two processes
-    step_s, step_cpu, step_mb = _measure(lambda: impl.step(batch), impl.free_grads,
-                                         args.iters, args.warmup, device)
-    bb_s, bb_cpu, bb_mb = _measure(lambda: impl.backbone_fwd_bwd(batch), impl.free_grads,
-                                   args.iters, args.warmup, device)
-    result = dict(impl=args.worker, first_losses=first, step_s=step_s, step_cpu_s=step_cpu,
-                  step_mb=step_mb, backbone_s=bb_s, backbone_cpu_s=bb_cpu, backbone_mb=bb_mb,
-                  threads=torch.get_num_threads(), device=str(device))
+    if args.worker != 'time':
+        impl = _build_impl(args.worker, build_model(args), args, device)
+        first = impl.step(batch)  # also the losses compared between the two processes
+        _, _, step_mb = _measure(lambda: impl.step(batch), impl.free_grads, 1, args.warmup,
+                                 device)
+        _, _, bb_mb = _measure(lambda: impl.backbone_fwd_bwd(batch), impl.free_grads, 1,
+                               args.warmup, device)
+        result = dict(impl=args.worker, first_losses=first, step_mb=step_mb, backbone_mb=bb_mb)
+    else:
+        impls = {name: _build_impl(name, build_model(args), args, device) for name in IMPLS}
+        result = {name: dict(step=[], backbone=[]) for name in IMPLS}
+        for i in range(args.warmup + args.iters):
+            for name in (IMPLS if i % 2 == 0 else IMPLS[::-1]):
+                for key, fn in (('step', impls[name].step),
+                                ('backbone', impls[name].backbone_fwd_bwd)):
+                    impls[name].free_grads()
+                    t0 = time.perf_counter()
+                    fn(batch)
+                    if device.type == 'cuda':
+                        torch.cuda.synchronize()
+                    if i >= args.warmup:
+                        result[name][key].append(time.perf_counter() - t0)
+        result['threads'] = torch.get_num_threads()
     with open(args.out, 'w') as f:
         json.dump(result, f)
 
@@ -346,57 +373,50 @@ def main(argv=None) -> Dict[str, dict]:
     if args.worker:
         worker(args)
         return {}
-    impls = IMPLS if args.impl == 'both' else (args.impl, )
     argv = list(sys.argv[1:] if argv is None else argv)
     # Large tensors always come from (and go back to) mmap, so the process RSS follows the
     # live tensors instead of glibc's free lists and peak RSS measures the working set.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
-    runs = {impl: [] for impl in impls}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for impl in (impls if r % 2 == 0 else impls[::-1]):
-                out = os.path.join(tmp, f'{impl}.json')
-                cmd = [sys.executable, os.path.abspath(__file__), *argv, '--worker', impl,
-                       '--out', out]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    raise RuntimeError(f'{impl} worker failed:\n{proc.stderr[-4000:]}')
-                with open(out) as f:
-                    runs[impl].append(json.load(f))
-    # Over rounds: the least disturbed (minimum) time, the median memory.
     results = {}
-    for impl, rs in runs.items():
-        agg = dict(rs[0])
-        for key in ('step_s', 'step_cpu_s', 'backbone_s', 'backbone_cpu_s'):
-            agg[key] = min(x[key] for x in rs)
-        for key in ('step_mb', 'backbone_mb'):
-            vals = sorted(x[key] for x in rs)
-            agg[key] = vals[len(vals) // 2]
-        results[impl] = agg
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in IMPLS + ('time', ):
+            out = os.path.join(tmp, f'{name}.json')
+            cmd = [sys.executable, os.path.abspath(__file__), *argv, '--worker', name,
+                   '--out', out]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(f'{name} worker failed:\n{proc.stderr[-4000:]}')
+            with open(out) as f:
+                results[name] = json.load(f)
+    timing = results.pop('time')
+    for name in IMPLS:
+        for key in ('step', 'backbone'):
+            vals = sorted(timing[name][key])
+            results[name][f'{key}_min_s'] = vals[0]
+            results[name][f'{key}_median_s'] = vals[len(vals) // 2]
 
     print(f'DINOv2 SSL step: {args.arch}, batch {args.batch}, 2x{args.global_size} + '
           f'{args.n_local}x{args.local_size} crops, head {args.prototypes} prototypes, '
-          f'{args.device}, {results[impls[0]]["threads"]} threads, median of {args.iters} steps '
-          f'x {args.rounds} round(s) (time: min over rounds)')
-    print('| impl | step wall s | step CPU s | step peak MiB | backbone fwd+bwd wall s | '
-          'backbone CPU s | backbone peak MiB |')
-    print('|---|---|---|---|---|---|---|')
-    for impl, r in results.items():
-        print(f'| {impl} | {r["step_s"]:.3f} | {r["step_cpu_s"]:.3f} | {r["step_mb"]:.0f} | '
-              f'{r["backbone_s"]:.3f} | {r["backbone_cpu_s"]:.3f} | {r["backbone_mb"]:.0f} |')
-    if len(results) == 2:
-        a, b = results['dino_mm'], results['official']
-        diff = max(abs(a['first_losses'][k] - b['first_losses'][k]) for k in b['first_losses'])
-        print(f'first-step loss terms, max |dino_mm - official| = {diff:.2e}')
-        ratios = {key: a[key] / b[key] for key in ('step_s', 'step_cpu_s', 'step_mb',
-                                                   'backbone_s', 'backbone_cpu_s',
-                                                   'backbone_mb')}
-        print('ratios dino_mm/official (< 1: dino_mm faster / smaller): step wall '
-              f'x{ratios["step_s"]:.2f}, CPU x{ratios["step_cpu_s"]:.2f}, memory '
-              f'x{ratios["step_mb"]:.2f}; backbone wall x{ratios["backbone_s"]:.2f}, CPU '
-              f'x{ratios["backbone_cpu_s"]:.2f}, memory x{ratios["backbone_mb"]:.2f}')
-        results['max_loss_diff'] = diff
-        results['ratios'] = ratios
+          f'{args.device}, {timing["threads"]} threads; time: min / median of {args.iters} '
+          'alternated runs')
+    print('| impl | step s (min / median) | step peak MiB | backbone fwd+bwd s (min / median) '
+          '| backbone peak MiB |')
+    print('|---|---|---|---|---|')
+    for name in IMPLS:
+        r = results[name]
+        print(f'| {name} | {r["step_min_s"]:.3f} / {r["step_median_s"]:.3f} | '
+              f'{r["step_mb"]:.0f} | {r["backbone_min_s"]:.3f} / {r["backbone_median_s"]:.3f} '
+              f'| {r["backbone_mb"]:.0f} |')
+    a, b = results['dino_mm'], results['official']
+    diff = max(abs(a['first_losses'][k] - b['first_losses'][k]) for k in b['first_losses'])
+    ratios = {key: a[key] / b[key] for key in ('step_min_s', 'step_mb', 'backbone_min_s',
+                                               'backbone_mb')}
+    print(f'first-step loss terms, max |dino_mm - official| = {diff:.2e}')
+    print('ratios dino_mm/official (< 1: dino_mm faster / smaller): step time '
+          f'x{ratios["step_min_s"]:.2f}, step memory x{ratios["step_mb"]:.2f}; backbone time '
+          f'x{ratios["backbone_min_s"]:.2f}, backbone memory x{ratios["backbone_mb"]:.2f}')
+    results['max_loss_diff'] = diff
+    results['ratios'] = ratios
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=1)

@@ -90,8 +90,8 @@ def test_tools_test_py_end_to_end(tmp_path):
     ckpt = tmp_path / 'backbone.pth'
     torch.save(backbone.state_dict(), ckpt)
     out = tmp_path / 'metrics.json'
-    small = ['pipeline.1.scale=28', 'pipeline.2.crop_size=28', 'batch_size=128',
-             'num_workers=0', 'persistent_workers=False']
+    small = ['dataset.pipeline.1.scale=28', 'dataset.pipeline.2.crop_size=28',
+             'batch_size=128', 'num_workers=0', 'persistent_workers=False']
     opts = [f'{loader}.{o}' for loader in ('test_dataloader', 'test_cfg.train_dataloader')
             for o in small]
     opts += [f'{loader}.dataset.data_root={root}'

@@ -1,4 +1,5 @@
-# COCO 2017 detection data (mmdet layout): data/coco/{train2017,val2017}/*.jpg and
+# COCO 2017 detection data (mmdet layout; transforms by bare name, built in the mmdet
+# scope set by configs/_base_/det_runtime.py): data/coco/{train2017,val2017}/*.jpg and
 # data/coco/annotations/instances_{train,val}2017.json. Images/boxes are validated up
 # front by dino_mm.CheckedCocoDataset (on_invalid='error' | 'skip').
 dataset_type = 'dino_mm.CheckedCocoDataset'
@@ -6,21 +7,21 @@ data_root = 'data/coco/'
 backend_args = None
 
 train_pipeline = [
-    dict(type='mmdet.LoadImageFromFile', backend_args=backend_args),
-    dict(type='mmdet.LoadAnnotations', with_bbox=True),
-    dict(type='mmdet.RandomFlip', prob=0.5),
-    dict(type='mmdet.RandomChoiceResize',
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='RandomChoiceResize',
          scales=[(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333),
                  (640, 1333), (672, 1333), (704, 1333), (736, 1333), (768, 1333),
                  (800, 1333)],
          keep_ratio=True),
-    dict(type='mmdet.PackDetInputs'),
+    dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='mmdet.LoadImageFromFile', backend_args=backend_args),
-    dict(type='mmdet.Resize', scale=(1333, 800), keep_ratio=True),
-    dict(type='mmdet.LoadAnnotations', with_bbox=True),
-    dict(type='mmdet.PackDetInputs',
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='Resize', scale=(1333, 800), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 train_dataloader = dict(

@@ -6,7 +6,7 @@ _base_ = [
 ]
 data_root = 'data/tiny_coco/'
 classes = ('circle', 'square')
-E = 32
+E = 256  # mmdet's DINO decoder hard-codes 128 sine features per coordinate (4 x 128 = 2E)
 model = dict(
     num_queries=20,
     data_preprocessor=dict(pad_size_divisor=64),
@@ -21,18 +21,20 @@ model = dict(
         cross_attn_cfg=dict(embed_dims=E, num_heads=2, num_points=2),
         ffn_cfg=dict(embed_dims=E, feedforward_channels=64))),
     positional_encoding=dict(num_feats=E // 2),
-    bbox_head=dict(num_classes=2),
+    bbox_head=dict(num_classes=2, embed_dims=E),
     dn_cfg=dict(group_cfg=dict(num_dn_queries=10)),
     test_cfg=dict(max_per_img=20))
 train_pipeline = [
-    dict(type='mmdet.LoadImageFromFile'),
-    dict(type='mmdet.LoadAnnotations', with_bbox=True),
-    dict(type='mmdet.PackDetInputs'),
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=(128, 96), keep_ratio=True),
+    dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='mmdet.LoadImageFromFile'),
-    dict(type='mmdet.LoadAnnotations', with_bbox=True),
-    dict(type='mmdet.PackDetInputs',
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(128, 96), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 train_dataloader = dict(
