@@ -81,10 +81,12 @@ def main(argv=None):
     checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'Checkpoint "{checkpoint}" does not exist.')
-    if checkpoint is not None and 'backbone_checkpoint' in cfg.model:
+    if (checkpoint is not None and 'backbone_checkpoint' in cfg.model
+            and not str(cfg.model.get('type', '')).endswith('LinearProbeGrid')):
         # Frozen-feature evaluations (kNN, logistic regression) take an official-layout
         # backbone file, loaded strictly by the model (Runner.test never calls
-        # init_weights, and load_from expects model-level keys).
+        # init_weights, and load_from expects model-level keys). A linear probe's
+        # checkpoint (from tools/train.py) holds the trained classifiers: load_from.
         cfg.model.backbone_checkpoint = checkpoint
         checkpoint = None
     cfg.load_from = checkpoint

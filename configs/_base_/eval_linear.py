@@ -38,7 +38,9 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=1250)
 val_cfg = dict(type='ValLoop')
 val_evaluator = dict(type='dino_mm.LinearProbeMetric', topk=(1, 5))
-test_cfg = val_cfg
+# A TestLoop, not the ValLoop: a ValLoop under Runner.test() fires the after_val_epoch
+# hooks, and the save_best checkpoint hook then fails outside training.
+test_cfg = dict(type='TestLoop')
 test_evaluator = val_evaluator
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=1250, max_keep_ckpts=1,
                                      save_best='linear/top1', rule='greater'))

@@ -11,8 +11,8 @@ data_root = 'data/digits'
 patch_size = 8
 global_crops_size = 32
 local_crops_size = 16
-max_iters = 600
-batch_size = 64
+max_iters = 400
+batch_size = 32
 
 model = dict(
     backbone=dict(arch='dinov2_vits14', patch_size=patch_size, img_size=global_crops_size,
@@ -21,14 +21,14 @@ model = dict(
 
 train_dataloader = dict(
     batch_size=batch_size,
-    num_workers=0,
-    persistent_workers=False,
+    num_workers=2,  # the multi-crop augmentation costs as much as the model step
+    persistent_workers=True,
     pin_memory=False,
     collate_fn=dict(patch_size=patch_size),
     dataset=dict(data_root=data_root, pipeline=[
         dict(type='dino_mm.LoadImagePIL'),
         dict(type='dino_mm.DINOMultiCrop', global_crops_scale=(0.32, 1.0),
-             local_crops_scale=(0.05, 0.32), local_crops_number=4,
+             local_crops_scale=(0.05, 0.32), local_crops_number=2,
              global_crops_size=global_crops_size, local_crops_size=local_crops_size,
              official_blur_quirk=True)
     ]))
@@ -53,5 +53,5 @@ custom_hooks = [
 train_cfg = dict(max_iters=max_iters)
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(interval=200, max_keep_ckpts=2, save_last=True))
+    checkpoint=dict(interval=100, max_keep_ckpts=2, save_last=True))
 randomness = dict(seed=0, deterministic=False)

@@ -44,7 +44,7 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=0,
     persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
+    sampler=dict(type='dino_mm.SeededInfiniteSampler', shuffle=True),
     collate_fn=dict(type='dino_mm.dino_collate', mask_ratio_min_max=(0.1, 0.5),
                     mask_probability=0.5, patch_size=patch_size),
     dataset=dict(type='dino_mm.ImageNet', data_root=data_root, split='TRAIN',

@@ -103,6 +103,8 @@ def _cfg_options(digits_root, checkpoint_interval):
         'model.backbone.embed_dim=32', 'model.backbone.depth=2', 'model.backbone.num_heads=2',
         'model.dino_head.out_dim=64', 'model.dino_head.hidden_dim=32',
         'model.dino_head.bottleneck_dim=16', 'train_dataloader.batch_size=4',
+        # augmentations in the main process: the per-position reseeding is exact there
+        'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
         'train_dataloader.collate_fn.patch_size=4',
         'train_dataloader.dataset.pipeline.1.global_crops_size=16',
         'train_dataloader.dataset.pipeline.1.local_crops_size=8',

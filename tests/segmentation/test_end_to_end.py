@@ -130,46 +130,66 @@ def test_linear_ade20k_train_test_and_show_through_tools(ade_root, tmp_path):
     assert Image.open(pngs[0]).mode == 'RGB'
 
 
+# Short schedule, given to tools/train.py through --cfg-options.
+SCHEDULE = ('train_cfg.max_iters', 'train_cfg.val_interval', 'default_hooks.checkpoint.interval')
+
+
+def _train_and_test_through_tools(tmp_path, leaf, options):
+    """``tools/train.py`` (2 iterations) then ``tools/test.py --out`` on iter_2.pth.
+
+    Like the linear case: a user-style config (the leaf plus the tiny model and data),
+    with the schedule passed as --cfg-options. Returns the dumped test metrics.
+    """
+    import json
+    work_dir = options['work_dir']
+    schedule = [f'{k}={options[k]}' for k in SCHEDULE]
+    config = _derived_config(tmp_path, leaf,
+                             {k: v for k, v in options.items() if k not in SCHEDULE})
+    _load_tool('train').main([config, '--work-dir', work_dir, '--cfg-options', *schedule])
+    ckpt = osp.join(work_dir, 'iter_2.pth')
+    assert osp.isfile(ckpt)
+    out = str(tmp_path / 'metrics.json')
+    metrics = _load_tool('test').main([
+        config, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', out,
+        '--cfg-options', 'test_dataloader.batch_size=1'])
+    with open(out) as f:
+        dumped = json.load(f)
+    assert dumped['mIoU'] == pytest.approx(metrics['mIoU'])
+    return dumped
+
+
 def test_ms_voc_train_and_evaluate(voc_root, tmp_path):
     options = _tiny_options(voc_root, str(tmp_path / 'work'), 4, False, 21)
     # Multi-scale + flip TTA (4 views) on whole images; slide + TTA is unit-tested.
     options['model.test_cfg'] = dict(mode='whole', img_ratios=[1.0, 1.5], flip=True)
-    runner, _ = _train(MS_VOC, options)
-    metrics = runner.val_loop.run()
+    metrics = _train_and_test_through_tools(tmp_path, MS_VOC, options)
     assert 0.0 <= metrics['mIoU'] <= 100.0
 
 
 def test_mask2former_ade20k_train_and_evaluate(ade_root, tmp_path):
-    from mmengine.runner import Runner
     options = _tiny_options(ade_root, str(tmp_path / 'work'), 1, True, 150)
     options = {k: v for k, v in options.items()
                if not k.startswith(('model.backbone.', 'model.decode_head.'))}
     options['model.test_cfg'] = dict(mode='slide', crop_size=(42, 42), stride=(28, 28))
-    cfg = Config.fromfile(osp.join(ROOT, M2F_ADE))
-    cfg.merge_from_dict(options)
-    adapter = cfg.model.backbone
-    adapter.backbone = dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14',
-                            depth=4, embed_dim=DIM, num_heads=2, img_size=56)
-    adapter.update(interaction_indexes=[1, 3], conv_inplane=8, deform_num_heads=4)
-    head = cfg.model.decode_head
-    head.update(in_channels=[DIM] * 4, feat_channels=DIM, out_channels=DIM, num_queries=8)
-    head.pixel_decoder.norm_cfg = dict(type='GN', num_groups=4)
-    head.pixel_decoder.encoder.num_layers = 1
-    head.pixel_decoder.encoder.layer_cfg.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
-    head.pixel_decoder.encoder.layer_cfg.ffn_cfg.update(
-        embed_dims=DIM, feedforward_channels=64)
-    head.pixel_decoder.positional_encoding.num_feats = DIM // 2
-    head.positional_encoding.num_feats = DIM // 2
-    head.transformer_decoder.num_layers = 2
-    layer = head.transformer_decoder.layer_cfg
-    layer.self_attn_cfg.update(embed_dims=DIM, num_heads=4)
-    layer.cross_attn_cfg.update(embed_dims=DIM, num_heads=4)
-    layer.ffn_cfg.update(embed_dims=DIM, feedforward_channels=64)
-    head.train_cfg.num_points = 256
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    assert osp.isfile(osp.join(cfg.work_dir, 'iter_2.pth'))
-    metrics = runner.val_loop.run()
+    # A tiny ViT in place of the leaf's ViT-g (and its pretrained init_cfg).
+    options['model.backbone.backbone'] = dict(
+        _delete_=True, type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14',
+        depth=4, embed_dim=DIM, num_heads=2, img_size=56)
+    options.update({'model.backbone.interaction_indexes': [1, 3],
+                    'model.backbone.conv_inplane': 8, 'model.backbone.deform_num_heads': 4})
+    attn = dict(embed_dims=DIM, num_heads=4)
+    ffn = dict(embed_dims=DIM, feedforward_channels=64)
+    options['model.decode_head'] = dict(
+        in_channels=[DIM] * 4, feat_channels=DIM, out_channels=DIM, num_queries=8,
+        pixel_decoder=dict(
+            norm_cfg=dict(type='GN', num_groups=4),
+            encoder=dict(num_layers=1, layer_cfg=dict(self_attn_cfg=attn, ffn_cfg=ffn)),
+            positional_encoding=dict(num_feats=DIM // 2)),
+        positional_encoding=dict(num_feats=DIM // 2),
+        transformer_decoder=dict(num_layers=2, layer_cfg=dict(
+            self_attn_cfg=attn, cross_attn_cfg=attn, ffn_cfg=ffn)),
+        train_cfg=dict(num_points=256))
+    metrics = _train_and_test_through_tools(tmp_path, M2F_ADE, options)
     assert 0.0 <= metrics['mIoU'] <= 100.0
 
 
