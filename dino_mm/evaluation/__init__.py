@@ -8,7 +8,7 @@ from .linear_probe import (OFFICIAL_LEARNING_RATES, LinearClassifier, LinearProb
 from .log_regression import (OFFICIAL_C_GRID, LogisticRegressionMetric,
                              eval_log_regression, fit_logistic_regression)
 from .loops import FeatureEvalTestLoop, FrozenFeatureModel
-from .metrics import accuracy_topk
+from .metrics import TrainFeatureMetric, accuracy_topk
 
 __all__ = [
     'DepthMetric', 'compute_depth_metrics', 'depth_eval_mask',
@@ -17,5 +17,5 @@ __all__ = [
     'OFFICIAL_LEARNING_RATES', 'LinearClassifier', 'LinearProbeGrid', 'LinearProbeMetric',
     'LinearProbeOptimWrapperConstructor', 'classifier_name', 'OFFICIAL_C_GRID',
     'LogisticRegressionMetric', 'eval_log_regression', 'fit_logistic_regression',
-    'FeatureEvalTestLoop', 'FrozenFeatureModel', 'accuracy_topk'
+    'FeatureEvalTestLoop', 'FrozenFeatureModel', 'TrainFeatureMetric', 'accuracy_topk'
 ]

@@ -15,12 +15,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from mmengine import dist
-from mmengine.evaluator import BaseMetric
 
 from dino_mm.registry import METRICS
 
-from .feature_extraction import parse_data_samples
-from .metrics import accuracy_topk
+from .metrics import TrainFeatureMetric, accuracy_topk
 
 
 def _local_train_slice(num_train: int) -> slice:
@@ -181,7 +179,7 @@ def knn_evaluate(train_features: torch.Tensor,
 
 
 @METRICS.register_module()
-class KNNMetric(BaseMetric):
+class KNNMetric(TrainFeatureMetric):
     """k-NN accuracy of test features against training features set by the loop.
 
     The test loop (:class:`dino_mm.evaluation.FeatureEvalTestLoop`) extracts the
@@ -213,28 +211,11 @@ class KNNMetric(BaseMetric):
         self.topk = tuple(topk)
         self.average = average
         self.batch_size = batch_size
-        self.train_features: Optional[torch.Tensor] = None
-        self.train_labels: Optional[torch.Tensor] = None
 
-    def set_train_features(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Give the metric the reference (training) features and labels."""
-        self.train_features, self.train_labels = features, labels
-
-    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        """Store each prediction's ``feature`` and ``gt_label``."""
-        labels, _ = parse_data_samples(data_samples)
-        for sample, label in zip(data_samples, labels):
-            feature = sample['feature'] if isinstance(sample, dict) else sample.feature
-            self.results.append(dict(feature=feature.detach().float().cpu(), label=int(label)))
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Run k-NN against the training features (rank 0 only, after collection)."""
-        if self.train_features is None:
-            raise RuntimeError('KNNMetric has no training features: run it with '
-                               "test_cfg=dict(type='dino_mm.FeatureEvalTestLoop', ...) or call "
-                               'set_train_features() first')
-        test_features = torch.stack([r['feature'] for r in results])
-        test_labels = torch.tensor([r['label'] for r in results])
+        test_features, test_labels = self.stacked_results(results)
         # compute_metrics runs on rank 0 alone, so the search must not shard over ranks.
         return knn_evaluate(self.train_features, self.train_labels, test_features,
                             test_labels, self.ks, self.temperature, self.topk,

@@ -20,12 +20,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from mmengine import dist
-from mmengine.evaluator import BaseMetric
 
 from dino_mm.registry import METRICS
 
-from .feature_extraction import parse_data_samples
-from .metrics import accuracy_topk
+from .metrics import TrainFeatureMetric, accuracy_topk
 
 #: The official C grid: 45 values from 1e-6 to 1e5.
 OFFICIAL_C_GRID = tuple(float(c) for c in 10.0**np.linspace(-6, 5, 45))
@@ -172,7 +170,7 @@ def eval_log_regression(train_features,
 
 
 @METRICS.register_module()
-class LogisticRegressionMetric(BaseMetric):
+class LogisticRegressionMetric(TrainFeatureMetric):
     """Logistic-regression accuracy of test features, trained on features set by the loop.
 
     Args:
@@ -206,28 +204,11 @@ class LogisticRegressionMetric(BaseMetric):
                            select_on=select_on, holdout_fraction=holdout_fraction,
                            topk=tuple(topk), backend=backend)
         self.log_sweep = log_sweep
-        self.train_features: Optional[torch.Tensor] = None
-        self.train_labels: Optional[torch.Tensor] = None
 
-    def set_train_features(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Give the metric the training features and labels."""
-        self.train_features, self.train_labels = features, labels
-
-    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        """Store each prediction's ``feature`` and ``gt_label``."""
-        labels, _ = parse_data_samples(data_samples)
-        for sample, label in zip(data_samples, labels):
-            feature = sample['feature'] if isinstance(sample, dict) else sample.feature
-            self.results.append(dict(feature=feature.detach().float().cpu(), label=int(label)))
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Sweep C and evaluate (rank 0 only, after collection)."""
-        if self.train_features is None:
-            raise RuntimeError('LogisticRegressionMetric has no training features: run it '
-                               "with test_cfg=dict(type='dino_mm.FeatureEvalTestLoop', ...) "
-                               'or call set_train_features() first')
-        val_features = torch.stack([r['feature'] for r in results])
-        val_labels = torch.tensor([r['label'] for r in results])
+        val_features, val_labels = self.stacked_results(results)
         out = eval_log_regression(self.train_features, self.train_labels, val_features,
                                   val_labels, distribute_cs=False, **self.kwargs)
         if not self.log_sweep:

@@ -1,7 +1,42 @@
-"""Top-k accuracies shared by the k-NN, linear and logistic-regression evaluators."""
-from typing import List, Sequence
+"""Pieces shared by the k-NN, linear and logistic-regression evaluators."""
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.evaluator import BaseMetric
+
+from .feature_extraction import parse_data_samples
+
+
+class TrainFeatureMetric(BaseMetric):
+    """Base of metrics that compare test features with reference (training) features.
+
+    :class:`~dino_mm.evaluation.FeatureEvalTestLoop` extracts the training features once
+    and hands them over with :meth:`set_train_features`; :meth:`process` keeps each test
+    sample's ``feature`` and label; subclasses compute on :meth:`stacked_results`.
+    """
+
+    train_features: Optional[torch.Tensor] = None
+    train_labels: Optional[torch.Tensor] = None
+
+    def set_train_features(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Give the metric the reference (training) features and labels."""
+        self.train_features, self.train_labels = features, labels
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        """Store each prediction's ``feature`` and ``gt_label``."""
+        labels, _ = parse_data_samples(data_samples)
+        for sample, label in zip(data_samples, labels):
+            feature = sample['feature'] if isinstance(sample, dict) else sample.feature
+            self.results.append(dict(feature=feature.detach().float().cpu(), label=int(label)))
+
+    def stacked_results(self, results: List[dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Test features and labels, after checking that training features were given."""
+        if self.train_features is None:
+            raise RuntimeError(f'{type(self).__name__} has no training features: run it with '
+                               "test_cfg=dict(type='dino_mm.FeatureEvalTestLoop', ...) or call "
+                               'set_train_features() first')
+        return (torch.stack([r['feature'] for r in results]),
+                torch.tensor([r['label'] for r in results]))
 
 
 def accuracy_topk(scores: torch.Tensor,
