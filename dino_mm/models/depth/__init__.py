@@ -4,15 +4,14 @@ Imports mmseg (and mmcv.ops through it); not imported by ``import dino_mm`` but 
 registry ``locations`` and :func:`dino_mm.utils.register_all_modules`.
 """
 from .decode_head import DepthBaseDecodeHead
-from .depth_estimator import (DepthDataPreProcessor, DinoDepthEstimator, center_pad,
-                              center_padding)
+from .depth_estimator import DepthDataPreProcessor, DinoDepthEstimator
 from .dpt_head import DepthOutputBlock, DPTDepthHead
 from .linear_head import LinearDepthHead
 from .losses import GradientLoss, SigLoss
 from .visualization import DepthVisualizationHook, colorize_depth
 
 __all__ = [
-    'DepthBaseDecodeHead', 'DepthDataPreProcessor', 'DinoDepthEstimator', 'center_pad',
-    'center_padding', 'DepthOutputBlock', 'DPTDepthHead', 'LinearDepthHead', 'GradientLoss',
+    'DepthBaseDecodeHead', 'DepthDataPreProcessor', 'DinoDepthEstimator',
+    'DepthOutputBlock', 'DPTDepthHead', 'LinearDepthHead', 'GradientLoss',
     'SigLoss', 'DepthVisualizationHook', 'colorize_depth'
 ]

@@ -15,8 +15,7 @@ Fixes and additions over mmseg 1.2.2 (see shared/STACK.md):
   random coordinate augmentation in train mode, which must not run in frozen probing).
 * :class:`DepthDataPreProcessor` pads depth maps with 0 (= invalid) instead of mmseg's 255.
 """
-import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,22 +26,7 @@ from torch import Tensor
 
 from dino_mm.registry import MODELS
 from dino_mm.utils.scope import builds_in_scope
-
-
-def center_padding(size: int, multiple: int) -> Tuple[int, int]:
-    """(before, after) padding making ``size`` a multiple of ``multiple``; the smaller
-    half goes first (official floor/ceil split)."""
-    total = math.ceil(size / multiple) * multiple - size
-    return total // 2, total - total // 2
-
-
-def center_pad(x: Tensor, multiple: int) -> Tensor:
-    """Zero-pad the last two dims of ``x`` to multiples of ``multiple`` (official split)."""
-    top, bottom = center_padding(x.shape[-2], multiple)
-    left, right = center_padding(x.shape[-1], multiple)
-    if top == bottom == left == right == 0:
-        return x
-    return F.pad(x, (left, right, top, bottom))
+from ..segmentation.center_padding import center_pad
 
 
 @MODELS.register_module()

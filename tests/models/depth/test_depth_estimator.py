@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from mmseg.structures import SegDataSample
 from mmengine.structures import PixelData
 
-from dino_mm.models.depth import DinoDepthEstimator, DepthDataPreProcessor, center_padding
+from dino_mm.models.depth import DinoDepthEstimator, DepthDataPreProcessor
+from dino_mm.models.segmentation.center_padding import center_pad_amounts as center_padding
 from dino_mm.registry import MODELS
 
 DIM = 32
