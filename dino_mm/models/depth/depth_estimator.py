@@ -26,7 +26,7 @@ from torch import Tensor
 
 from dino_mm.registry import MODELS
 from dino_mm.utils.scope import builds_in_scope
-from ..segmentation.center_padding import center_pad
+from ..segmentation.center_padding import FrozenPaddedBackboneMixin
 
 
 @MODELS.register_module()
@@ -64,7 +64,7 @@ class DepthDataPreProcessor(SegDataPreProcessor):
 
 @MODELS.register_module()
 @builds_in_scope('mmseg')
-class DinoDepthEstimator(DepthEstimator):
+class DinoDepthEstimator(FrozenPaddedBackboneMixin, DepthEstimator):
     """Monocular depth estimator: (frozen) DINO backbone + depth decode head.
 
     Args:
@@ -125,25 +125,11 @@ class DinoDepthEstimator(DepthEstimator):
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 
-    def train(self, mode: bool = True) -> 'DinoDepthEstimator':
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
 
     def extract_feat(self, inputs: Tensor,
                      batch_img_metas: Optional[List[dict]] = None) -> Sequence:
         """Backbone (+ neck) features of center-padded inputs."""
-        if self.pad_to_patch > 1:
-            inputs = center_pad(inputs, self.pad_to_patch)
-        if self.freeze_backbone:
-            with torch.no_grad():
-                x = self.backbone(inputs)
-        else:
-            x = self.backbone(inputs)
-        if self.with_neck:
-            x = self.neck(x)
-        return x
+        return self.padded_backbone_features(inputs, self.pad_to_patch)
 
     def encode_decode(self, inputs: Tensor, batch_img_metas: Optional[List[dict]] = None) -> Tensor:
         """Depth (B, 1, H, W) at the size of ``inputs``."""

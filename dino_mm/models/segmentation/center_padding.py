@@ -66,3 +66,29 @@ class CenterPadding(nn.Module):
 
     def extra_repr(self) -> str:
         return f'multiple={self.multiple}'
+
+
+class FrozenPaddedBackboneMixin:
+    """Shared by the dino_mm segmentor and depth estimator (both mmseg ``BaseSegmentor``s).
+
+    The official dense evaluations center-pad the input to a multiple of the patch size
+    and keep a frozen backbone in eval mode (no dropout, and no DINOv3 RoPE train-time
+    augmentation) even while the head trains. The class using it sets
+    ``self.freeze_backbone`` and has ``backbone`` / ``with_neck`` / ``neck``.
+    """
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def padded_backbone_features(self, inputs: torch.Tensor, multiple: int):
+        """Backbone (and neck) outputs of ``inputs`` center-padded to ``multiple``."""
+        if multiple > 1:
+            inputs = center_pad(inputs, multiple)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            x = self.backbone(inputs)
+        if self.with_neck:
+            x = self.neck(x)
+        return x

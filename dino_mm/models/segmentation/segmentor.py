@@ -16,19 +16,18 @@ segmentation evaluations do around the backbone and what mmseg 1.2.2 lacks:
 import copy
 from typing import List, Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from mmseg.models.segmentors import EncoderDecoder
 from torch import Tensor
 
 from dino_mm.registry import MODELS
 from dino_mm.utils.scope import builds_in_scope
-from .center_padding import center_pad
+from .center_padding import FrozenPaddedBackboneMixin
 
 
 @MODELS.register_module()
 @builds_in_scope('mmseg')
-class DinoEncoderDecoder(EncoderDecoder):
+class DinoEncoderDecoder(FrozenPaddedBackboneMixin, EncoderDecoder):
     """mmseg ``EncoderDecoder`` with DINO-specific input handling.
 
     Args:
@@ -64,24 +63,10 @@ class DinoEncoderDecoder(EncoderDecoder):
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 
-    def train(self, mode: bool = True) -> 'DinoEncoderDecoder':
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
 
     def extract_feat(self, inputs: Tensor) -> List[Tensor]:
         """Center-pad ``inputs`` and run the backbone (and neck)."""
-        if self.pad_multiple > 1:
-            inputs = center_pad(inputs, self.pad_multiple)
-        if self.freeze_backbone:
-            with torch.no_grad():
-                x = self.backbone(inputs)
-        else:
-            x = self.backbone(inputs)
-        if self.with_neck:
-            x = self.neck(x)
-        return x
+        return self.padded_backbone_features(inputs, self.pad_multiple)
 
     def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         """Sliding-window inference with per-crop image metas.
