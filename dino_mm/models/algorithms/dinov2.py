@@ -35,6 +35,29 @@ def _build(cfg: Union[dict, nn.Module], what: str, **defaults) -> nn.Module:
     return MODELS.build(cfg)
 
 
+
+def unscale_amp_grads(optim_wrapper: OptimWrapper) -> None:
+    """Undo the AMP loss scale on the gradients (once per step) before clipping them."""
+    scaler = getattr(optim_wrapper, 'loss_scaler', None)
+    if scaler is not None:
+        scaler.unscale_(optim_wrapper.optimizer)
+
+
+def clip_grad_per_module(named_modules, max_norm: float,
+                         prefix: str = '') -> Dict[str, torch.Tensor]:
+    """Clip each module's gradients separately, as the official trainer clips the student
+    backbone, DINO head and iBOT head one by one (not all parameters together).
+
+    Returns the pre-clipping norms as ``{prefix}grad_norm_{name}``.
+    """
+    norms = {}
+    for name, module in named_modules:
+        params = [p for p in module.parameters() if p.grad is not None]
+        if params:
+            norms[f'{prefix}grad_norm_{name}'] = clip_grad_norm_(params, max_norm)
+    return norms
+
+
 @MODELS.register_module()
 class DINOv2(BaseModel):
     """DINOv2 student/teacher model with DINO, iBOT and KoLeo losses.
@@ -370,15 +393,8 @@ class DINOv2(BaseModel):
         """
         if not self.clip_grad:
             return {}
-        scaler = getattr(optim_wrapper, 'loss_scaler', None)
-        if scaler is not None:
-            scaler.unscale_(optim_wrapper.optimizer)
-        norms = {}
-        for name, module in self.student.items():
-            params = [p for p in module.parameters() if p.grad is not None]
-            if params:
-                norms[f'grad_norm_{name}'] = clip_grad_norm_(params, self.clip_grad)
-        return norms
+        unscale_amp_grads(optim_wrapper)
+        return clip_grad_per_module(self.student.items(), self.clip_grad)
 
     def train_step(self, data: dict, optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
         """Forward, finite check, backward, per-module clipping, step (official order).

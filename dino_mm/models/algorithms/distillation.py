@@ -14,11 +14,10 @@ import torch
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapper
 from torch import nn
-from torch.nn.utils import clip_grad_norm_
 
 from dino_mm.registry import MODELS
 from ..losses import DINOLoss, iBOTPatchLoss
-from .dinov2 import _build
+from .dinov2 import _build, clip_grad_per_module, unscale_amp_grads
 from .dinov3 import DINOv3, _v3_head, check_checkpoint_compatibility
 
 __all__ = ['DINOv3Distillation', 'MultiDistillation', 'build_frozen_teacher']
@@ -386,15 +385,11 @@ class MultiDistillation(BaseModel):
         """Unscale AMP gradients, then clip each student's sub-modules separately."""
         if not self.clip_grad:
             return {}
-        scaler = getattr(optim_wrapper, 'loss_scaler', None)
-        if scaler is not None:
-            scaler.unscale_(optim_wrapper.optimizer)
+        unscale_amp_grads(optim_wrapper)
         norms = {}
         for name, student in self.students.items():
-            for sub, module in student.student.items():
-                params = [p for p in module.parameters() if p.grad is not None]
-                if params:
-                    norms[f'{name}.grad_norm_{sub}'] = clip_grad_norm_(params, self.clip_grad)
+            norms.update(clip_grad_per_module(student.student.items(), self.clip_grad,
+                                              prefix=f'{name}.'))
         return norms
 
     def train_step(self, data: dict, optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
