@@ -1,5 +1,8 @@
 # dino_mm developer commands. VENV can be overridden: make test VENV=/path/to/venv
+# GPU nodes: make setup CUDA=1 (mmcv with CUDA ops, xformers). A CPU-only machine can take
+# the CPU torch wheels: make setup DINO_MM_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 VENV ?= .venv
+CUDA ?= 0
 PY := $(VENV)/bin/python
 # Two workers with one BLAS thread each use the 2 cores of a CI machine best.
 PYTEST_ARGS ?=
@@ -9,11 +12,13 @@ export MKL_NUM_THREADS ?= 1
 
 .PHONY: setup setup-tests demo test test-fast clean-venv
 
+# tools/setup_env.sh makes VENV absolute and takes its compile parallelism from the cores,
+# not from the OMP_NUM_THREADS exported below for the tests.
 setup:
-	DINO_MM_VENV=$(VENV) bash tools/setup_env.sh
+	DINO_MM_VENV=$(VENV) DINO_MM_CUDA=$(CUDA) bash tools/setup_env.sh
 
 setup-tests:
-	DINO_MM_VENV=$(VENV) DINO_MM_EXTRAS=tests bash tools/setup_env.sh
+	DINO_MM_VENV=$(VENV) DINO_MM_CUDA=$(CUDA) DINO_MM_EXTRAS=tests bash tools/setup_env.sh
 
 # The main job on the embedded default: DINOv2 pretraining of a small ViT on a dataset
 # built offline from scikit-learn's digits, then kNN of the trained vs random backbone.

@@ -11,6 +11,7 @@ from .utils.compat import apply_compat_fixes
 apply_compat_fixes()  # before anything imports mmpretrain / mmdet / mmseg
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401
+from . import hub  # noqa: E402,F401  (dino_mm.hub.dinov2_vitb14(...) after `import dino_mm`)
 from .models import *  # noqa: E402,F401,F403
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'hub']

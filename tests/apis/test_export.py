@@ -5,6 +5,8 @@ import torch
 from dino_mm.apis import (FeatureExportWrapper, build_backbone, export_onnx,
                           export_torchscript, max_abs_diff, onnx_runner)
 
+from tests.oracles import require
+
 TINY = dict(depth=2, embed_dim=64, num_heads=2)
 
 
@@ -44,7 +46,7 @@ def test_torchscript_rejects_bad_method(v3_model, tmp_path):
 
 
 def test_onnx_dynamic_v3_two_sizes(v3_model, tmp_path):
-    pytest.importorskip('onnx')
+    require('onnx')
     info = export_onnx(v3_model, str(tmp_path / 'v3.onnx'), (64, 64),
                        check_sizes=[(64, 64), (48, 80)])
     assert info['dynamic'], info
@@ -56,7 +58,7 @@ def test_onnx_dynamic_v3_two_sizes(v3_model, tmp_path):
 
 
 def test_onnx_v2_falls_back_to_static_graph(tmp_path):
-    pytest.importorskip('onnx')
+    require('onnx')
     model = build_backbone('dinov2_vits14', **TINY)
     info = export_onnx(model, str(tmp_path / 'v2.onnx'), (56, 70))
     assert not info['dynamic'] and info['input_shape'] == [1, 3, 56, 70], info

@@ -9,8 +9,10 @@ from dino_mm.datasets import dino_collate
 from dino_mm.datasets.transforms import MaskingGenerator
 from dino_mm.registry import FUNCTIONS
 
-collate_mod = pytest.importorskip('dinov2.data.collate')
-masking = pytest.importorskip('dinov2.data.masking')
+from tests.oracles import require
+
+collate_mod = require('dinov2.data.collate')
+masking = require('dinov2.data.masking')
 
 
 def _samples(b, size=56, local=28, n_local=3, gram=None):

@@ -10,7 +10,9 @@ from torch.utils.data import Dataset
 
 from dino_mm.engine.schedulers import (CosineSchedule, DINOCosineParamScheduler, scale_lr)
 
-oracle_utils = pytest.importorskip('dinov2.utils.utils')
+from tests.oracles import require
+
+oracle_utils = require('dinov2.utils.utils')
 
 
 def _oracle(**kw):

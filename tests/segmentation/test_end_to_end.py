@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip('mmseg.models')
-pytest.importorskip('mmdet.models')
+from tests.oracles import require
+
+require('mmseg.models')
+require('mmdet.models')
 
 import dino_mm.datasets.segmentation  # noqa: E402,F401  (registers CheckSegAnnotation)
 from mmengine.config import Config  # noqa: E402

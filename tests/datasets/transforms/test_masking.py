@@ -6,7 +6,9 @@ import pytest
 
 from dino_mm.datasets.transforms import MaskingGenerator
 
-masking = pytest.importorskip('dinov2.data.masking')
+from tests.oracles import require
+
+masking = require('dinov2.data.masking')
 
 
 @pytest.mark.parametrize('grid, max_patches', [((16, 16), 128.0), ((14, 14), 98.0),

@@ -6,7 +6,9 @@ from PIL import Image
 
 from dino_mm.datasets.transforms import DINOMultiCrop, LoadImagePIL
 
-augmentations = pytest.importorskip('dinov2.data.augmentations')
+from tests.oracles import require
+
+augmentations = require('dinov2.data.augmentations')
 
 
 @pytest.fixture

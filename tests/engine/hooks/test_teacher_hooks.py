@@ -8,7 +8,9 @@ from torch.utils.data import Dataset
 
 from dino_mm.engine.hooks import TeacherMomentumHook, TeacherTempHook
 
-oracle_utils = pytest.importorskip('dinov2.utils.utils')
+from tests.oracles import require
+
+oracle_utils = require('dinov2.utils.utils')
 
 
 class _Data(Dataset):

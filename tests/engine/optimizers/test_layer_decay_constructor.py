@@ -6,9 +6,11 @@ from torch import nn
 from dino_mm.engine.optimizers import LayerDecayOptimWrapperConstructor, get_layer_id
 from dino_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-vit_mod = pytest.importorskip('dinov2.models.vision_transformer')
-param_groups = pytest.importorskip('dinov2.utils.param_groups')
-dino_head_mod = pytest.importorskip('dinov2.layers.dino_head')
+from tests.oracles import require
+
+vit_mod = require('dinov2.models.vision_transformer')
+param_groups = require('dinov2.utils.param_groups')
+dino_head_mod = require('dinov2.layers.dino_head')
 
 DECAY, PE_MULT, LR, WD = 0.9, 0.2, 0.01, 0.04
 

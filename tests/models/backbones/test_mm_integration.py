@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.oracles import require
+
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 VIT = dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14', embed_dim=32, depth=2,
@@ -39,7 +41,7 @@ def _backbone_grads(model):
     (dict(CNX, out_indices=[1, 2, 3]), [24, 32, 40]),
 ])
 def test_mmseg_encoder_decoder(real_images, backbone, channels):
-    pytest.importorskip('mmseg.models')
+    require('mmseg.models')
     from mmseg.structures import SegDataSample
     from mmengine.structures import PixelData
 
@@ -83,7 +85,7 @@ def test_mmseg_encoder_decoder(real_images, backbone, channels):
     (dict(VIT, out_type='featmap', out_indices=[1]), [32]),
 ])
 def test_mmdet_retinanet(real_images, backbone, channels):
-    pytest.importorskip('mmdet.models')
+    require('mmdet.models')
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
 
@@ -146,7 +148,7 @@ def test_mmdet_retinanet(real_images, backbone, channels):
     (dict(CNX, out_type='cls', out_indices=[3]), 40),
 ])
 def test_mmpretrain_image_classifier(real_images, backbone, channels):
-    pytest.importorskip('mmpretrain.models')
+    require('mmpretrain.models')
     from mmpretrain.structures import DataSample
 
     from dino_mm.registry import MODELS

@@ -6,7 +6,9 @@ import torch
 from dino_mm.models.heads import DINOHead
 from dino_mm.registry import MODELS
 
-oracle_layers = pytest.importorskip('dinov2.layers')
+from tests.oracles import require
+
+oracle_layers = require('dinov2.layers')
 
 CFG = dict(in_dim=32, out_dim=96, hidden_dim=64, bottleneck_dim=24, nlayers=3)
 

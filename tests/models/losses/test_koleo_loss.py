@@ -6,7 +6,9 @@ import torch
 from dino_mm.models.losses import KoLeoLoss
 from dino_mm.registry import MODELS
 
-oracle_loss = pytest.importorskip('dinov2.loss')
+from tests.oracles import require
+
+oracle_loss = require('dinov2.loss')
 
 
 def test_registered_with_official_name():

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-pytest.importorskip('mmseg.models')
+from tests.oracles import require
+
+require('mmseg.models')
 
 from dino_mm.models.segmentation.center_padding import (  # noqa: E402
     CenterPadding, center_pad, center_pad_amounts)

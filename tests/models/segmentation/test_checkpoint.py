@@ -5,7 +5,9 @@ import os.path as osp
 import pytest
 import torch
 
-pytest.importorskip('mmseg.models')
+from tests.oracles import require
+
+require('mmseg.models')
 
 from dino_mm.models.segmentation import (build_segmentor_state_dict,  # noqa: E402
                                          convert_seg_head_state_dict)
@@ -92,7 +94,7 @@ def test_converter_tool_roundtrip(tmp_path):
 
 
 def test_hub_dinov3_vit7b16_ms_tiny_and_missing_weights(tmp_path, monkeypatch):
-    pytest.importorskip('mmdet.models')
+    require('mmdet.models')
     monkeypatch.setenv('DINO_MM_WEIGHTS', str(tmp_path))
     monkeypatch.setenv('HOME', str(tmp_path))
     hub = _hub()

@@ -12,7 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip('mmseg.models')
+from tests.oracles import require
+
+require('mmseg.models')
 
 from dino_mm.models.segmentation import DinoLinearHead  # noqa: E402
 from dino_mm.registry import MODELS  # noqa: E402

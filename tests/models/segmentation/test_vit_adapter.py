@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-pytest.importorskip('mmdet.models')
-pytest.importorskip('mmcv.ops')
+from tests.oracles import require
+
+require('mmdet.models')
+require('mmcv.ops')
 
 from dino_mm.models.segmentation import DinoViTAdapter  # noqa: E402
 from dino_mm.registry import MODELS  # noqa: E402
