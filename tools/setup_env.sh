@@ -230,14 +230,25 @@ STEP="install dino_mm in editable mode"
 # Small and offline: runs in a dry run too.
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO"
 
+STEP="install the start-up hook for mmpretrain + transformers 5"
+# Lets a user's script import mmseg / mmdet / mmpretrain before (or without) dino_mm; see
+# dino_mm/utils/startup_hook.py for why. Small and offline: runs in a dry run too.
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cp "$REPO/dino_mm/utils/startup_hook.py" "$SITE/_dino_mm_startup.py.tmp"
+mv "$SITE/_dino_mm_startup.py.tmp" "$SITE/_dino_mm_startup.py"
+printf '%s\n' 'import _dino_mm_startup; _dino_mm_startup.install()' > "$SITE/dino_mm_startup.pth"
+log "start-up hook installed: $SITE/dino_mm_startup.pth"
+
 STEP="verify the environment"
 if [ "$DRY_RUN" = 1 ]; then
   log "dry-run done: every step ran except the compile and the large downloads"
   exit 0
 fi
 "$PY" - <<'PYEOF'
-import dino_mm  # first: it applies the compatibility fixes (dino_mm/utils/compat.py)
+# The OpenMMLab packages first, as a user's script may import them: the start-up hook
+# must make that work without dino_mm imported.
 import torch, mmcv, mmcv.ops, mmengine, mmseg.models, mmdet.models, mmpretrain.models, timm
+import dino_mm
 print(f"[setup_env] torch {torch.__version__}, mmcv {mmcv.__version__} (ops ok, CUDA ops: "
       f"{mmcv.ops.get_compiling_cuda_version()}), mmengine {mmengine.__version__}, "
       f"timm {timm.__version__}, dino_mm {dino_mm.__version__}")

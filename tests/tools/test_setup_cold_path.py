@@ -88,6 +88,8 @@ def test_make_setup_tests_cold_dry_run(tmp_path):
                           'import importlib.metadata as m; print(m.version("dino_mm"))'],
                          capture_output=True, text=True)
     assert ver.returncode == 0 and ver.stdout.strip(), ver.stderr  # editable install ran
+    # The start-up hook that lets mm* APIs be imported before dino_mm.
+    assert list(venv.glob('lib/python3*/site-packages/dino_mm_startup.pth')), out
     assert 'dry-run done' in out
     # A second run is idempotent and reuses the venv.
     again = _run(['make', 'setup-tests'], clone, _cold_env(tmp_path))
