@@ -1,7 +1,8 @@
 # Importing dino_mm.engine installs the safe/atomic checkpoint I/O (see checkpoint.py).
 from . import checkpoint  # noqa: F401
-from .checkpoint import (AtomicLocalBackend, CheckpointError, PlainCheckpointHook,
-                         atomic_torch_save, safe_torch_load)
+from .checkpoint import (AtomicLocalBackend, CheckpointError, NonFiniteWeightsError,
+                         PlainCheckpointHook, SafeCheckpointHook, atomic_torch_save,
+                         check_checkpoint_matches_model, safe_torch_load)
 from .fsdp import DINOFSDPStrategy, fsdp_update_teacher, shard_dino_model
 from .hooks import *  # noqa: F401,F403
 from .hooks import __all__ as _hooks_all
@@ -14,7 +15,8 @@ from .schedulers import (SCALING_RULES, CosineSchedule, DINOCosineParamScheduler
 __all__ = _hooks_all + _optimizers_all + [
     'DINOFSDPStrategy', 'DINODistributedDataParallel', 'fsdp_update_teacher',
     'shard_dino_model',
-    'AtomicLocalBackend', 'CheckpointError', 'PlainCheckpointHook', 'atomic_torch_save',
+    'AtomicLocalBackend', 'CheckpointError', 'NonFiniteWeightsError', 'PlainCheckpointHook',
+    'SafeCheckpointHook', 'atomic_torch_save', 'check_checkpoint_matches_model',
     'safe_torch_load',
     'CosineSchedule', 'DINOCosineParamScheduler', 'SCALING_RULES', 'scale_lr'
 ]

@@ -15,31 +15,50 @@ Two problems of the pinned stack are fixed here (see ../shared/STACK.md):
   file under the name of the last good one. :class:`AtomicLocalBackend` writes to a
   temporary file in the same folder, fsyncs it and renames it over the target.
 
-Importing this module registers both fixes: the local file backend and the ``''``
-scheme of :class:`mmengine.runner.CheckpointLoader`, used for every local path.
+Two more protect the checkpoints a run writes and the ones it loads
+(:class:`SafeCheckpointHook`, served for every ``type='CheckpointHook'``):
+
+* A checkpoint with NaN / Inf weights or optimizer state is never written (nor pointed
+  at by ``last_checkpoint``, nor does it rotate a good one away): training stops with an
+  error naming the iteration and the last good file. New files are written before old
+  ones are removed, and ``last_checkpoint`` is replaced atomically.
+* A ``load_from`` / ``--resume`` / ``tools/test.py`` checkpoint that fills no (or too
+  little) of the model is an error naming the file and its key prefixes, not a warning
+  followed by a run on random weights (:func:`check_checkpoint_matches_model`).
+
+Importing this module registers the fixes: the local file backend, the ``''`` scheme of
+:class:`mmengine.runner.CheckpointLoader`, used for every local path, and the hook.
 """
 import io
 import os
 import os.path as osp
 import pickle
+import re
 import tempfile
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from contextlib import contextmanager
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from mmengine.dist import all_reduce, get_dist_info, is_main_process
 from mmengine.fileio import LocalBackend, register_backend
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import CheckpointLoader
+from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.optim import OptimWrapperDict
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.runner import BaseLoop, CheckpointLoader
+from torch import nn
 
 from dino_mm.registry import HOOKS
 
 __all__ = [
     'AtomicLocalBackend', 'atomic_write_bytes', 'atomic_torch_save', 'safe_torch_load',
-    'to_plain', 'from_plain', 'CheckpointError', 'PlainCheckpointHook'
+    'to_plain', 'from_plain', 'CheckpointError', 'PlainCheckpointHook',
+    'NonFiniteWeightsError', 'SafeCheckpointHook', 'find_non_finite_tensors',
+    'check_checkpoint_matches_model', 'describe_key_prefixes'
 ]
 
 _TYPE_KEY = '__dino_mm_type__'
@@ -53,6 +72,20 @@ class CheckpointError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- atomic I/O
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no read-only query elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(data: Union[bytes, memoryview], filepath: str) -> None:
     """Write ``data`` to ``filepath`` so that readers see the old file or the new one.
 
@@ -65,6 +98,8 @@ def atomic_write_bytes(data: Union[bytes, memoryview], filepath: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(filepath)}.', suffix='.tmp',
                                dir=folder)
     try:
+        # mkstemp creates the file 0600; published files get the mode open() would give.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
@@ -260,7 +295,10 @@ def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.devi
 
 
 def _load_from_local_safe(filename: str, map_location=None) -> Any:
-    return safe_torch_load(filename, map_location=map_location)
+    global _last_loaded
+    checkpoint = safe_torch_load(filename, map_location=map_location)
+    _last_loaded = (id(checkpoint), str(filename))
+    return checkpoint
 
 
 @HOOKS.register_module()
@@ -278,10 +316,397 @@ class PlainCheckpointHook(Hook):
         checkpoint.update(plain)
 
 
+# ------------------------------------------------------------- finite-weights check
+class NonFiniteWeightsError(FloatingPointError):
+    """The weights or optimizer state hold NaN / Inf: the checkpoint was not written."""
+
+
+def _unwrap_model(model: nn.Module) -> nn.Module:
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
+
+
+def _optim_wrappers(optim_wrapper) -> list:
+    if optim_wrapper is None:
+        return []
+    if isinstance(optim_wrapper, OptimWrapperDict):
+        return list(optim_wrapper.values())
+    return [optim_wrapper]
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The shard of a DTensor held by this rank (the tensor itself otherwise)."""
+    to_local = getattr(t, 'to_local', None)
+    return to_local() if callable(to_local) else t
+
+
+def find_non_finite_tensors(model: nn.Module, optim_wrapper=None) -> List[str]:
+    """Names of the floating tensors of ``model`` / the optimizer state with NaN or Inf.
+
+    Parameters, buffers and every tensor of the optimizer state are checked (for sharded
+    models, the shard this rank holds). One device-to-host copy per device.
+
+    Args:
+        model (nn.Module): The model (wrappers are looked through).
+        optim_wrapper: An ``OptimWrapper`` / ``OptimWrapperDict``, or None.
+
+    Returns:
+        list[str]: e.g. ``['backbone.blocks.0.attn.qkv.weight',
+        "optimizer state 'exp_avg' of backbone.blocks.0.attn.qkv.weight"]``.
+    """
+    model = _unwrap_model(model)
+    named: List[Tuple[str, torch.Tensor]] = []
+    param_names = {}
+    for name, p in model.named_parameters():
+        named.append((name, p))
+        param_names[id(p)] = name
+    named.extend(model.named_buffers())
+    for wrapper in _optim_wrappers(optim_wrapper):
+        for p, state in wrapper.optimizer.state.items():
+            owner = param_names.get(id(p), 'a parameter outside the model')
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    named.append((f'optimizer state {key!r} of {owner}', value))
+    by_device: Dict[torch.device, list] = {}
+    for i, (_, t) in enumerate(named):
+        t = _local(t.detach())
+        if (t.is_floating_point() or t.is_complex()) and t.numel() > 0:
+            by_device.setdefault(t.device, []).append((i, t))
+    bad = []
+    for items in by_device.values():
+        finite = torch.stack([torch.isfinite(t).all() for _, t in items]).cpu().tolist()
+        bad.extend(i for (i, _), ok in zip(items, finite) if not ok)
+    return [named[i][0] for i in sorted(bad)]
+
+
+# ------------------------------------------------------------- checkpoint vs model
+def _key_group(key: str) -> str:
+    """``teacher.backbone.blocks.3.mlp.w`` -> ``teacher.backbone.``; ``cls_token`` stays."""
+    out = []
+    for part in key.split('.')[:-1]:
+        if part.isdigit():
+            if not out:  # e.g. an nn.Sequential's '0.weight'
+                out.append(part)
+            break
+        out.append(part)
+        if len(out) == 2:
+            break
+    return '.'.join(out) + '.' if out else key
+
+
+def describe_key_prefixes(keys: Iterable[str], limit: int = 8) -> str:
+    """Group state-dict keys by prefix: ``'teacher.backbone.' (38 keys), ...``."""
+    counts = Counter(_key_group(k) for k in keys)
+    if not counts:
+        return '(no tensors at all)'
+    groups = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ', '.join(f"'{g}' ({n} key{'s' if n != 1 else ''})" for g, n in groups[:limit])
+    if len(groups) > limit:
+        text += f', and {len(groups) - limit} more prefixes'
+    return text
+
+
+def _count_matches(ckpt: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                   rename: Callable[[str], Optional[str]]) -> int:
+    n = 0
+    for k, v in ckpt.items():
+        k2 = rename(k)
+        if k2 is not None and k2 in target and tuple(target[k2].shape) == tuple(v.shape):
+            n += 1
+    return n
+
+
+def _mismatch_hint(source: str, ckpt: Mapping[str, torch.Tensor],
+                   target: Mapping[str, torch.Tensor]) -> str:
+    tops = {k.split('.', 1)[0] for k in ckpt}
+    if tops & {'teacher', 'student', 'gram_teacher'}:
+        return (f'This is a pretraining (student / teacher) checkpoint. Extract its '
+                f'backbone with `python tools/convert/pretrain_to_backbone.py {source} '
+                f'backbone.pth` and evaluate that file with a kNN / logistic-regression '
+                f'config (`python tools/test.py configs/eval/knn/<config>.py backbone.pth`), '
+                f'or first train this config on it (tools/train.py with a config that '
+                f"inherits this one and sets model.backbone.init_cfg=dict(type='Pretrained', "
+                f"checkpoint='backbone.pth')) and test the checkpoint that run writes.")
+    best = None  # (matches, description)
+    for prefix in sorted({_key_group(k).split('.')[0] + '.' for k in ckpt if '.' in k}):
+        n = _count_matches(ckpt, target, lambda k: k[len(prefix):]
+                           if k.startswith(prefix) else None)
+        if n and (best is None or n > best[0]):
+            best = (n, f"{n} of its tensors match the model once the prefix '{prefix}' is "
+                       f'removed from their names')
+    for prefix in sorted({k.split('.', 1)[0] + '.' for k in target if '.' in k}):
+        n = _count_matches(ckpt, target, lambda k: prefix + k)
+        if n and (best is None or n > best[0]):
+            best = (n, f"{n} of its tensors match the model's '{prefix}*' entries, without "
+                       f"that prefix: a backbone-only file. Give it to the backbone "
+                       f"(model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...) "
+                       f'for training, `backbone_checkpoint` in kNN / logistic-regression '
+                       f'configs) instead of passing it as the model checkpoint')
+    if best is not None:
+        return f'Of this file, {best[1]}.'
+    return ('Check that the checkpoint was written for this config (same model type and '
+            'architecture), or convert it first (tools/convert/convert_checkpoint.py for '
+            'official / HF / timm backbones, tools/convert/pretrain_to_backbone.py for '
+            'pretraining checkpoints).')
+
+
+def check_checkpoint_matches_model(model: nn.Module, state_dict: Mapping[str, Any],
+                                   source: str, *, min_loaded_fraction: float = 0.5,
+                                   require_all_parameters: bool = False) -> dict:
+    """Refuse to load a checkpoint that fills no (or too little) of ``model``.
+
+    MMEngine loads ``load_from`` / ``--resume`` files with ``strict=False`` and only
+    warns about missing keys, so a checkpoint of another model (e.g. a pretraining
+    checkpoint given to a classification config) loads nothing and the run carries on
+    with random weights. This check runs before the tensors are copied into the model.
+
+    Args:
+        model (nn.Module): The receiving model (wrappers are looked through).
+        state_dict (Mapping): The checkpoint's state dict (non-tensors are ignored).
+        source (str): The checkpoint file, for the message.
+        min_loaded_fraction (float): Smallest share of the model's weights (elements of
+            its parameters and buffers) that must be loaded. Defaults to 0.5.
+        require_all_parameters (bool): Also fail when any parameter is missing or
+            mis-shaped (evaluation: nothing else initialises them). Defaults to False.
+
+    Returns:
+        dict: ``matched``, ``missing`` (parameter names) and ``loaded_fraction``.
+
+    Raises:
+        CheckpointError: Naming the file, the key prefixes found in it and in the
+            model, and what to do.
+    """
+    model = _unwrap_model(model)
+    target = model.state_dict(keep_vars=True)
+    ckpt = OrderedDict((k, v) for k, v in state_dict.items() if isinstance(v, torch.Tensor))
+    matched = [k for k, v in ckpt.items()
+               if k in target and tuple(target[k].shape) == tuple(v.shape)]
+    matched_set = set(matched)
+    total = sum(t.numel() for t in target.values()) or 1
+    loaded = sum(target[k].numel() for k in matched) / total
+    params = [k for k, v in target.items() if isinstance(v, nn.Parameter)]
+    missing = [k for k in params if k not in matched_set]
+    too_few = not matched or loaded < min_loaded_fraction
+    if too_few or (require_all_parameters and missing):
+        name = type(model).__name__
+        absent = f' ({len(missing)} of {len(params)} parameters missing)' if missing else ''
+        lines = [f'Checkpoint "{source}" does not fit the model ({name}): '
+                 f'{len(matched)} of its {len(ckpt)} tensors match the model, which fills '
+                 f"{loaded:.1%} of the model's weights{absent}.",
+                 f'  key prefixes in the checkpoint: {describe_key_prefixes(ckpt)}',
+                 f'  key prefixes the model expects: {describe_key_prefixes(target)}']
+        mis_shaped = [k for k, v in ckpt.items()
+                      if k in target and tuple(target[k].shape) != tuple(v.shape)]
+        if mis_shaped:
+            k = mis_shaped[0]
+            lines.append(f"  {len(mis_shaped)} tensors have the model's names but other "
+                         f'shapes, e.g. {k}: checkpoint {tuple(ckpt[k].shape)} vs model '
+                         f'{tuple(target[k].shape)} (another architecture, patch size, '
+                         f'image size or number of classes).')
+        if too_few:
+            lines.append('  Loaded anyway, the run would go on with random weights (e.g. '
+                         'chance accuracy). ' + _mismatch_hint(source, ckpt, target))
+            lines.append(f'  Only if a partial load is intended, lower '
+                         f'default_hooks.checkpoint.min_loaded_fraction (now '
+                         f'{min_loaded_fraction}).')
+        else:
+            lines.append(f'  missing parameters, by prefix: {describe_key_prefixes(missing)}. '
+                         'Nothing initialises them when a model is only evaluated, so the '
+                         'results would come from random weights. Pass a checkpoint of the '
+                         'whole model (the one tools/train.py writes for this config; for an '
+                         'official segmentation head, merge its backbone with '
+                         'tools/convert/convert_seg_head.py --backbone). Only if that is '
+                         'intended, set default_hooks.checkpoint.strict_test_load=False.')
+        raise CheckpointError('\n'.join(lines))
+    return dict(matched=matched, missing=missing, loaded_fraction=loaded)
+
+
+# Which file each checkpoint object returned by the local loader came from, so that the
+# hooks that see the object (not the path) can name it. Only the last one is kept.
+_last_loaded: Tuple[int, str] = (0, '')
+
+
+def _loaded_from(checkpoint: Any) -> Optional[str]:
+    ident, path = _last_loaded
+    return path if ident == id(checkpoint) else None
+
+
+# ------------------------------------------------------------------ checkpoint hook
+def _remove_checkpoint(backend, path: str) -> None:
+    if backend.isfile(path):
+        backend.remove(path)
+    elif backend.isdir(path):  # sharded (DCP) checkpoints are folders
+        backend.rmtree(path)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(CheckpointHook):
+    """MMEngine's ``CheckpointHook`` that never replaces good checkpoints with bad ones.
+
+    Every config's ``default_hooks.checkpoint=dict(type='CheckpointHook', ...)`` gets
+    this class once dino_mm is imported (it replaces the ``CheckpointHook`` entry of
+    MMEngine's root registry, which every scope falls back to). Differences:
+
+    * **Finite weights only.** Before a checkpoint is written, the parameters, buffers
+      and optimizer state are checked (on all ranks). With a NaN / Inf anywhere, nothing
+      is written, rotated or pointed at, and training stops with
+      :class:`NonFiniteWeightsError` naming the iteration and the last good file. (The
+      loss can stay finite while an update makes the weights NaN.)
+    * **Write first, rotate after.** The new file is written (atomically), then
+      ``last_checkpoint`` is replaced atomically, and only then are checkpoints beyond
+      ``max_keep_ckpts`` removed: a failed write (disk full) loses nothing, and
+      ``last_checkpoint`` always names a complete file.
+    * **Loads must fit the model.** ``load_from`` / ``--resume`` files that fill less
+      than ``min_loaded_fraction`` of the model are refused (MMEngine only warns), and
+      a model that is only evaluated (``tools/test.py``) must get every parameter.
+
+    Args:
+        check_finite (bool): Refuse to save non-finite weights. Defaults to True.
+        min_loaded_fraction (float): See :func:`check_checkpoint_matches_model`.
+            Defaults to 0.5.
+        strict_test_load (bool): In test / val runs, fail when a parameter is missing
+            from the loaded checkpoint. Defaults to True.
+        **kwargs: The arguments of :class:`mmengine.hooks.CheckpointHook`.
+    """
+
+    def __init__(self, *args, check_finite: bool = True, min_loaded_fraction: float = 0.5,
+                 strict_test_load: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= float(min_loaded_fraction) <= 1.0:
+            raise ValueError(f'CheckpointHook: min_loaded_fraction must be in [0, 1], got '
+                             f'{min_loaded_fraction!r}.')
+        self.check_finite = check_finite
+        self.min_loaded_fraction = float(min_loaded_fraction)
+        self.strict_test_load = strict_test_load
+
+    # ------------------------------------------------------------------ saving
+    def _last_good_checkpoint(self, runner) -> Optional[str]:
+        candidates = [self.last_ckpt]
+        pointer = osp.join(runner.work_dir, 'last_checkpoint')
+        if osp.isfile(pointer):
+            with open(pointer) as f:
+                candidates.append(f.read().strip())
+        for path in candidates:
+            if path and self.file_backend.exists(path):
+                return path
+        return None
+
+    def _refuse_non_finite(self, runner, step: int, what: str) -> None:
+        bad = find_non_finite_tensors(runner.model, getattr(runner, 'optim_wrapper', None))
+        n_bad = torch.tensor([len(bad)], dtype=torch.float64)
+        if get_dist_info()[1] > 1:  # every rank must stop, also those whose shard is fine
+            all_reduce(n_bad, op='sum')
+        if n_bad.item() == 0:
+            return
+        when = (f'epoch {step} (iteration {runner.iter})' if self.by_epoch else
+                f'iteration {step}')
+        last = self._last_good_checkpoint(runner)
+        listed = ', '.join(bad[:5]) + (f', ... ({len(bad)} on this rank)'
+                                       if len(bad) > 5 else '')
+        if last is not None:
+            resume = (f'The last checkpoint with finite weights is "{last}" '
+                      f'("last_checkpoint" points at it): resume from it (`--resume {last}`) '
+                      f'with a lower learning rate, a longer warm-up, gradient clipping '
+                      f'or fp32.')
+        else:
+            resume = ('No checkpoint was written before, so there is nothing to resume '
+                      'from: restart with a lower learning rate, a longer warm-up, gradient '
+                      'clipping or fp32.')
+        raise NonFiniteWeightsError(
+            f'Non-finite weights at {when}: {int(n_bad.item())} tensor(s) of the model / '
+            f'optimizer state hold NaN or Inf ({listed or "on another rank"}). The loss '
+            f'may still be finite: the weights diverged in an update. {what} was NOT '
+            f'written and no checkpoint was removed. {resume}')
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        filename = self.filename_tmpl.format(step)
+        path = self.file_backend.join_path(self.out_dir, filename)
+        if self.check_finite:
+            self._refuse_non_finite(runner, step, f'The checkpoint "{path}"')
+
+        hub = runner.message_hub
+        saved_info = {k: hub.runtime_info[k] for k in ('keep_ckpt_ids', 'last_ckpt')
+                      if k in hub.runtime_info}
+        drop, keep = [], None
+        if self.max_keep_ckpts > 0:
+            keep = list(self.keep_ckpt_ids)
+            if not keep or keep[-1] != step:  # (a best-checkpoint save repeats the step)
+                keep.append(step)
+                drop = keep[:-self.max_keep_ckpts]
+                keep = keep[-self.max_keep_ckpts:]
+            # The list goes into the checkpoint itself, so that a resumed run rotates on.
+            hub.update_info('keep_ckpt_ids', list(keep))
+        hub.update_info('last_ckpt', path)
+        try:
+            runner.save_checkpoint(
+                self.out_dir, filename, self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler, meta=meta,
+                by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        except BaseException as err:
+            for k in ('keep_ckpt_ids', 'last_ckpt'):
+                if k in saved_info:
+                    hub.update_info(k, saved_info[k])
+                else:
+                    hub.runtime_info.pop(k, None)
+            if isinstance(err, OSError):
+                last = self._last_good_checkpoint(runner)
+                raise CheckpointError(
+                    f'Could not write checkpoint "{path}" ({type(err).__name__}: {err}). '
+                    f'No checkpoint was removed and "last_checkpoint" still points at '
+                    f'{last and repr(last) or "the previous checkpoint (none yet)"}. Free '
+                    f'disk space (or set default_hooks.checkpoint.out_dir to another '
+                    f'disk) and continue with `--resume`.') from err
+            raise
+
+        self.last_ckpt = path
+        if keep is not None:
+            self.keep_ckpt_ids = deque(keep, self.max_keep_ckpts)
+        # Model-parallel saves involve every rank; the bookkeeping is rank 0's.
+        if not is_main_process():
+            return
+        atomic_write_bytes(path.encode('utf-8'), osp.join(runner.work_dir, 'last_checkpoint'))
+        for old in drop:
+            _remove_checkpoint(self.file_backend,
+                               self.file_backend.join_path(self.out_dir,
+                                                           self.filename_tmpl.format(old)))
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        if self.save_best and self.check_finite:
+            step = runner.epoch if self.by_epoch else runner.iter
+            self._refuse_non_finite(runner, step, 'The best checkpoint')
+        super()._save_best_checkpoint(runner, metrics)
+
+    # ------------------------------------------------------------------ loading
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        super().after_load_checkpoint(runner, checkpoint)
+        if not isinstance(checkpoint, Mapping):
+            return
+        meta = checkpoint.get('meta')
+        if isinstance(meta, Mapping) and meta.get('format') == 'dino_mm.dcp':
+            return  # sharded: loaded by DCP against the model's own keys, strictly
+        state = checkpoint.get('state_dict', checkpoint)
+        if not isinstance(state, Mapping):
+            state = {}
+        # Runner.load_checkpoint strips 'module.' (revise_keys) before loading.
+        state = {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+        source = (_loaded_from(checkpoint) or getattr(runner, '_load_from', None)
+                  or 'the loaded checkpoint')
+        evaluating = not isinstance(getattr(runner, '_train_loop', None), BaseLoop)
+        check_checkpoint_matches_model(
+            runner.model, state, str(source), min_loaded_fraction=self.min_loaded_fraction,
+            require_all_parameters=evaluating and self.strict_test_load)
+
+
 def register_safe_checkpointing() -> None:
     """Install the atomic local backend and the safe local checkpoint loader."""
     register_backend('local', AtomicLocalBackend, force=True, prefixes='')
     CheckpointLoader.register_scheme(prefixes='', loader=_load_from_local_safe, force=True)
+    # `type='CheckpointHook'` in any scope (dino_mm, mmseg, mmdet, mmpretrain) falls back
+    # to MMEngine's root registry: serve the safe hook there.
+    MMENGINE_HOOKS.register_module(name='CheckpointHook', module=SafeCheckpointHook,
+                                   force=True)
 
 
 register_safe_checkpointing()
