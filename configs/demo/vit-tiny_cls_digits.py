@@ -20,13 +20,17 @@ model = dict(
         loss=dict(type='mmpretrain.CrossEntropyLoss')),
 )
 
+# The loader is typed exactly 'LoadImageFromFile' (not 'mmpretrain.LoadImageFromFile'):
+# mmpretrain's ImageClassificationInferencer / FeatureExtractor drop only a step of that
+# exact type (they load the image themselves); _scope_ still builds it from mmpretrain's
+# registry under the dino_mm default scope.
 train_pipeline = [
-    dict(type='mmpretrain.LoadImageFromFile'),
+    dict(type='LoadImageFromFile', _scope_='mmpretrain'),
     dict(type='mmpretrain.RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='mmpretrain.PackInputs'),
 ]
 test_pipeline = [
-    dict(type='mmpretrain.LoadImageFromFile'),
+    dict(type='LoadImageFromFile', _scope_='mmpretrain'),
     dict(type='mmpretrain.PackInputs'),
 ]
 train_dataloader = dict(

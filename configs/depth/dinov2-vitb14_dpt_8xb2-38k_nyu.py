@@ -1,8 +1,10 @@
 # dinov2-vitb14 frozen backbone, dpt depth head, NYU.
 # Published: no number in the official repositories for this head
 # (reference: linear4 NYU-D RMSE 0.362).
+# Backbone weights: checkpoints/dinov2_vitb14_pretrain.pth (official layout, see dino_mm.hub).
 _base_ = ['../_base_/models/depth_dpt.py', '../_base_/datasets/nyu.py',
           '../_base_/schedules/depth_38k.py']
 model = dict(
-    backbone=dict(arch='dinov2_vitb14', out_indices=[2, 5, 8, 11]),
+    backbone=dict(arch='dinov2_vitb14', out_indices=[2, 5, 8, 11],
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_vitb14_pretrain.pth')),
     decode_head=dict(embed_dims=768, post_process_channels=[96, 192, 384, 768], max_depth=10.0))

@@ -1,7 +1,9 @@
 # dinov2-vitl14 frozen backbone, dpt depth head, KITTI.
 # Published KITTI numbers: not stated in the official repositories (paper only).
+# Backbone weights: checkpoints/dinov2_vitl14_pretrain.pth (official layout, see dino_mm.hub).
 _base_ = ['../_base_/models/depth_dpt.py', '../_base_/datasets/kitti.py',
           '../_base_/schedules/depth_38k.py']
 model = dict(
-    backbone=dict(arch='dinov2_vitl14', out_indices=[4, 11, 17, 23]),
+    backbone=dict(arch='dinov2_vitl14', out_indices=[4, 11, 17, 23],
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_vitl14_pretrain.pth')),
     decode_head=dict(embed_dims=1024, post_process_channels=[128, 256, 512, 1024], max_depth=80.0))

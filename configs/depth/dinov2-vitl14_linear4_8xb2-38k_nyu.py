@@ -1,7 +1,9 @@
 # dinov2-vitl14 frozen backbone, linear4 depth head, NYU.
 # Published: NYU-D RMSE 0.333 (DINOv2 model card, linear head on 4 layers).
+# Backbone weights: checkpoints/dinov2_vitl14_pretrain.pth (official layout, see dino_mm.hub).
 _base_ = ['../_base_/models/depth_linear.py', '../_base_/datasets/nyu.py',
           '../_base_/schedules/depth_38k.py']
 model = dict(
-    backbone=dict(arch='dinov2_vitl14', out_indices=[4, 11, 17, 23]),
+    backbone=dict(arch='dinov2_vitl14', out_indices=[4, 11, 17, 23],
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov2_vitl14_pretrain.pth')),
     decode_head=dict(in_channels=[2048] * 4, in_index=[0, 1, 2, 3], max_depth=10.0))

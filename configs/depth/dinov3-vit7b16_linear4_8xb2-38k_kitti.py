@@ -1,9 +1,11 @@
 # dinov3-vit7b16 frozen backbone, linear4 depth head, KITTI.
 # Published KITTI numbers: not stated in the official repositories (paper only).
+# Backbone weights: checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth (official layout, see dino_mm.hub).
 _base_ = ['../_base_/models/depth_linear.py', '../_base_/datasets/kitti.py',
           '../_base_/schedules/depth_38k.py']
 model = dict(
     backbone=dict(arch='dinov3_vit7b16', out_indices=[9, 19, 29, 39],
-                  out_type='featmap', norm_out=True),
+                  out_type='featmap', norm_out=True,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth')),
     decode_head=dict(in_channels=[4096] * 4, in_index=[0, 1, 2, 3],
                      norm_cfg=dict(type='SyncBN'), max_depth=80.0))

@@ -1,10 +1,12 @@
 # dinov3-vitb16 frozen backbone, dpt depth head, KITTI.
 # Published KITTI numbers: not stated in the official repositories (paper only).
+# Backbone weights: checkpoints/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth (official layout, see dino_mm.hub).
 _base_ = ['../_base_/models/depth_dpt.py', '../_base_/datasets/kitti.py',
           '../_base_/schedules/depth_38k.py']
 model = dict(
     backbone=dict(arch='dinov3_vitb16', out_indices=[2, 5, 8, 11],
-                  out_type='featmap', norm_out=True),
+                  out_type='featmap', norm_out=True,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth')),
     decode_head=dict(embed_dims=768, post_process_channels=[768] * 4,
                      channels=256, readout_type='ignore', patch_size=16,
                      norm_cfg=dict(type='SyncBN'), classify=True, n_bins=256,

@@ -1,9 +1,11 @@
 # dinov3-vitl16 frozen backbone, linear depth head, NYU.
 # Published: NYU-D RMSE 0.352 (DINOv3 model card, linear probe, frozen backbone).
+# Backbone weights: checkpoints/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth (official layout, see dino_mm.hub).
 _base_ = ['../_base_/models/depth_linear.py', '../_base_/datasets/nyu.py',
           '../_base_/schedules/depth_38k.py']
 model = dict(
     backbone=dict(arch='dinov3_vitl16', out_indices=[23],
-                  out_type='featmap', norm_out=True),
+                  out_type='featmap', norm_out=True,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth')),
     decode_head=dict(in_channels=[1024] * 1, in_index=[0],
                      norm_cfg=dict(type='SyncBN'), max_depth=10.0))

@@ -1,9 +1,11 @@
 # dinov3-vits16 frozen backbone, linear depth head, NYU.
 # Published: NYU-D RMSE 0.403 (DINOv3 model card, linear probe, frozen backbone).
+# Backbone weights: checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth (official layout, see dino_mm.hub).
 _base_ = ['../_base_/models/depth_linear.py', '../_base_/datasets/nyu.py',
           '../_base_/schedules/depth_38k.py']
 model = dict(
     backbone=dict(arch='dinov3_vits16', out_indices=[11],
-                  out_type='featmap', norm_out=True),
+                  out_type='featmap', norm_out=True,
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth')),
     decode_head=dict(in_channels=[384] * 1, in_index=[0],
                      norm_cfg=dict(type='SyncBN'), max_depth=10.0))

@@ -18,6 +18,19 @@ V3 = {
     'dinov3-vit7b16': ('dinov3_vit7b16', 4096, 40, [9, 19, 29, 39], 0.309),
 }
 DATASETS = {'nyu': ('nyu.py', 10.0), 'kitti': ('kitti.py', 80.0)}
+# Official backbone files (LVD-142M / LVD-1689M, as dino_mm.hub.BACKBONE_WEIGHTS). Like the
+# segmentation configs, the leaves name checkpoints/<file>; DinoVisionTransformer.init_weights
+# also finds the file in $DINO_MM_WEIGHTS / ~/.cache/dino_mm/weights and fails naming it.
+WEIGHTS = {
+    'dinov2-vits14': 'dinov2_vits14_pretrain.pth',
+    'dinov2-vitb14': 'dinov2_vitb14_pretrain.pth',
+    'dinov2-vitl14': 'dinov2_vitl14_pretrain.pth',
+    'dinov2-vitg14': 'dinov2_vitg14_pretrain.pth',
+    'dinov3-vits16': 'dinov3_vits16_pretrain_lvd1689m-08c60483.pth',
+    'dinov3-vitb16': 'dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth',
+    'dinov3-vitl16': 'dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth',
+    'dinov3-vit7b16': 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth',
+}
 
 
 def published(name, head, data, rmse, v3):
@@ -36,16 +49,20 @@ def leaf(name, spec, head, data, v3):
     idx = four if head in ('linear4', 'dpt') else [depth - 1]
     base_model = 'depth_dpt.py' if head == 'dpt' else 'depth_linear.py'
     ds_file, max_depth = DATASETS[data]
+    ckpt = WEIGHTS[name]
+    init = f"init_cfg=dict(type='Pretrained', checkpoint='checkpoints/{ckpt}')"
     lines = [
         f'# {name} frozen backbone, {head} depth head, {data.upper()}.',
         published(name, head, data, rmse, v3),
+        f'# Backbone weights: checkpoints/{ckpt} (official layout, see dino_mm.hub).',
         "_base_ = ['../_base_/models/%s', '../_base_/datasets/%s',\n"
         "          '../_base_/schedules/depth_38k.py']" % (base_model, ds_file),
     ]
     if v3:
         # DINOv3 protocol: backbone norm on, no class token, BatchNorm in the head.
         bb = (f"backbone=dict(arch='{arch}', out_indices={idx},\n"
-              "                  out_type='featmap', norm_out=True)")
+              "                  out_type='featmap', norm_out=True,\n"
+              f'                  {init})')
         if head == 'dpt':
             ppc = min(dim, 2048)
             ch = 512 if dim > 2048 else 256
@@ -58,7 +75,8 @@ def leaf(name, spec, head, data, v3):
                   f'in_index={list(range(len(idx)))},\n'
                   f"                     norm_cfg=dict(type='SyncBN'), max_depth={max_depth})")
     else:
-        bb = f"backbone=dict(arch='{arch}', out_indices={idx})"
+        bb = (f"backbone=dict(arch='{arch}', out_indices={idx},\n"
+              f'                  {init})')
         if head == 'dpt':
             ppc = [dim // 8, dim // 4, dim // 2, dim]
             hd = (f'decode_head=dict(embed_dims={dim}, post_process_channels={ppc}, '

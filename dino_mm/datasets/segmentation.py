@@ -23,6 +23,12 @@ class CheckSegAnnotation:
     must be in ``[0, num_classes)`` or equal ``ignore_index`` (labels are checked
     after ``reduce_zero_label``, so ADE20K's 0 is already the ignore value).
 
+    Inference has no annotation: ``mmseg.apis.inference_model`` and ``MMSegInferencer``
+    remove ``LoadAnnotations`` from the test pipeline and feed images only (no
+    ``seg_map_path``), so a sample without ``seg_map_path`` and without ``gt_seg_map``
+    passes unchanged. A sample of a dataset (it has ``seg_map_path``) whose annotation
+    was not loaded is an error: evaluation would otherwise have no ground truth.
+
     Args:
         num_classes (int): Number of classes of the dataset (150 for ADE20K, 21 for
             VOC2012).
@@ -42,18 +48,21 @@ class CheckSegAnnotation:
         """Raise ``ValueError`` naming the files when the annotation is invalid.
 
         Args:
-            results (dict): Pipeline results with ``gt_seg_map`` and ``ori_shape``.
+            results (dict): Pipeline results with ``gt_seg_map`` and ``ori_shape``, or
+                an inference sample (neither ``gt_seg_map`` nor ``seg_map_path``).
 
         Returns:
             dict: ``results`` unchanged.
         """
         seg: Optional[np.ndarray] = results.get('gt_seg_map')
-        seg_path = results.get('seg_map_path', '<unknown annotation>')
         img_path = results.get('img_path', '<unknown image>')
         if seg is None:
+            if results.get('seg_map_path') is None:
+                return results  # inference: no annotation to check
             raise KeyError(
-                f'CheckSegAnnotation found no gt_seg_map for {img_path}; put it after '
-                'LoadAnnotations in the pipeline.')
+                f'CheckSegAnnotation found no gt_seg_map for {img_path} (annotation '
+                f"{results['seg_map_path']}); put it after LoadAnnotations in the pipeline.")
+        seg_path = results.get('seg_map_path') or '<unknown annotation>'
         if self.check_size:
             img_hw = tuple(results.get('ori_shape', results.get('img_shape'))[:2])
             if tuple(seg.shape[:2]) != img_hw:

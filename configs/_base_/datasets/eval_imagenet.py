@@ -11,15 +11,19 @@ data_preprocessor = dict(
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True)
 
+# The loader is typed exactly 'LoadImageFromFile' (not 'mmpretrain.LoadImageFromFile'):
+# mmpretrain's ImageClassificationInferencer / FeatureExtractor drop only a step of that
+# exact type (they load the image themselves); _scope_ still builds it from mmpretrain's
+# registry under the dino_mm default scope.
 eval_pipeline = [
-    dict(type='mmpretrain.LoadImageFromFile'),
+    dict(type='LoadImageFromFile', _scope_='mmpretrain'),
     dict(type='mmpretrain.ResizeEdge', scale=256, edge='short', interpolation='bicubic',
          backend='pillow'),
     dict(type='mmpretrain.CenterCrop', crop_size=224),
     dict(type='mmpretrain.PackInputs'),
 ]
 train_aug_pipeline = [
-    dict(type='mmpretrain.LoadImageFromFile'),
+    dict(type='LoadImageFromFile', _scope_='mmpretrain'),
     dict(type='mmpretrain.RandomResizedCrop', scale=224, interpolation='bicubic',
          backend='pillow'),
     dict(type='mmpretrain.RandomFlip', prob=0.5, direction='horizontal'),

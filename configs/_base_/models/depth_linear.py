@@ -11,8 +11,10 @@ model = dict(
         arch='dinov2_vits14',
         out_indices=[2, 5, 8, 11],
         out_type='cls_featmap',
-        norm_out=False,
-        init_cfg=None),
+        # No init_cfg here: every leaf sets init_cfg=dict(type='Pretrained',
+        # checkpoint='checkpoints/<official file>'); a missing file is an error, never a
+        # silently random frozen backbone.
+        norm_out=False),
     decode_head=dict(
         type='dino_mm.LinearDepthHead',
         in_channels=[768] * 4,

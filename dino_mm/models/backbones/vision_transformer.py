@@ -7,6 +7,7 @@ the stochastic-depth scheme.
 """
 import copy
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -137,8 +138,10 @@ class DinoVisionTransformer(BaseModule):
             ``out_indices`` returns a single (B, D) tensor.
         norm_out (bool): Apply the final norm to outputs of :meth:`forward`. Defaults
             to True.
-        frozen_stages (int): -1 freezes nothing; 0 freezes patch embed and tokens; N
-            also freezes blocks 0..N-1 (and the final norms when N >= depth).
+        frozen_stages (int): -1 freezes nothing; 0 freezes patch embed, tokens and the
+            position embedding (v2 ``pos_embed``; v3 ``rope_embed`` stays in eval mode, so
+            no RoPE train-time augmentation); N also freezes blocks 0..N-1 (and the final
+            norms when N >= depth). Frozen modules stay in eval mode through ``.train()``.
         with_cp (bool): Gradient checkpointing per block. Defaults to False.
         use_xformers (bool): Use xFormers on CUDA when installed. Defaults to True.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH,
@@ -347,23 +350,61 @@ class DinoVisionTransformer(BaseModule):
             init_linear(m)
 
     def init_weights(self) -> None:
-        """Load ``init_cfg=dict(type='Pretrained', ...)`` strictly, else official init."""
+        """Load ``init_cfg=dict(type='Pretrained', ...)`` strictly, else official init.
+
+        The checkpoint is used as given when that file exists. Otherwise, when its file
+        name is an official backbone file (e.g. ``checkpoints/dinov2_vits14_pretrain.pth``
+        in the shipped configs), it is looked up like the hub does
+        (:func:`dino_mm.hub.resolve_weights`: ``$DINO_MM_WEIGHTS``,
+        ``~/.cache/dino_mm/weights``, torch.hub's checkpoint folder). A file found
+        nowhere raises ``FileNotFoundError`` naming it: a config that asks for
+        pretrained weights never continues with random ones.
+        """
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             if 'checkpoint' not in cfg:
                 raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
-            load_checkpoint_strict(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+            path = self._resolve_pretrained(cfg['checkpoint'])
+            load_checkpoint_strict(self, path, prefix=cfg.get('prefix'))
         elif cfg is not None:
             super().init_weights()
         else:
             self.reset_parameters()
         self._is_init = True
 
+    def _resolve_pretrained(self, checkpoint):
+        """``init_cfg.checkpoint`` -> an existing file (see :meth:`init_weights`)."""
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            return checkpoint  # e.g. a state dict
+        checkpoint = os.fspath(checkpoint)
+        if os.path.isfile(os.path.expanduser(checkpoint)):
+            return os.path.expanduser(checkpoint)
+        # Imported here: dino_mm.hub builds on this module.
+        from dino_mm.hub.backbones import BACKBONE_WEIGHTS
+        from dino_mm.hub.utils import resolve_weights
+        official = {f for tags in BACKBONE_WEIGHTS.values() for f in tags.values()}
+        if os.path.basename(checkpoint) not in official:
+            return checkpoint  # load_checkpoint_strict names the missing file
+        name = (f"{type(self).__name__} init_cfg (checkpoint={checkpoint!r}, not found "
+                f'relative to {os.getcwd()})')
+        try:
+            return resolve_weights(name, checkpoint, {f.upper(): f for f in official},
+                                   os.path.basename(checkpoint))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e} For a config, set model's backbone init_cfg.checkpoint to the file's "
+                'path, or init_cfg=None to train from random weights on purpose.') from None
+
     # ------------------------------------------------------------------ freezing
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return
+        # The v3 RoPE has no parameters, but in train mode it applies its coordinate
+        # augmentation (shift / jitter / rescale): frozen with the position embedding
+        # (stage 0, like the v2 pos_embed), it stays in eval mode through .train().
         frozen: List[nn.Module] = [self.patch_embed]
+        if self.rope_embed is not None:
+            frozen.append(self.rope_embed)
         params = [self.cls_token, self.mask_token]
         for name in ('pos_embed', 'register_tokens', 'storage_tokens'):
             p = getattr(self, name, None)
