@@ -94,13 +94,36 @@ def main(argv=None):
     cfg = merge_args(cfg, args)
     from dino_mm.utils.scope import add_prefix_scopes
     add_prefix_scopes(cfg)  # 'mmseg.X' is built in the mmseg scope, etc.
-    setup_cpu_distributed(cfg)
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        from mmengine.registry import RUNNERS
-        runner = RUNNERS.build(cfg)
-    runner.train()
+    locked = lock_work_dir_or_exit(cfg)  # before anything is written into the work dir
+    try:
+        setup_cpu_distributed(cfg)
+        if 'runner_type' not in cfg:
+            runner = Runner.from_cfg(cfg)
+        else:
+            from mmengine.registry import RUNNERS
+            runner = RUNNERS.build(cfg)
+        runner.train()
+    finally:
+        if locked:
+            from dino_mm.engine.workdir_lock import unlock_work_dir
+            unlock_work_dir(cfg.work_dir)
+
+
+def lock_work_dir_or_exit(cfg) -> bool:
+    """Global rank 0 locks ``cfg.work_dir``; exit 2 naming the holder if another run has it.
+
+    All ranks of a distributed run share the work dir, so only rank 0 locks it (see
+    dino_mm/engine/workdir_lock.py); the launcher stops the other ranks when it exits.
+    """
+    from dino_mm.engine.workdir_lock import (WorkDirLockedError, global_rank_from_env,
+                                             lock_work_dir)
+    if global_rank_from_env(cfg.launcher) != 0:
+        return False
+    try:
+        return lock_work_dir(cfg.work_dir) is not None
+    except WorkDirLockedError as err:
+        print(f'error: {err}', file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == '__main__':

@@ -15,12 +15,13 @@ from mmcv.transforms import BaseTransform
 from mmengine.dataset import BaseDataset
 from mmengine.fileio import get_local_path
 
+from dino_mm.datasets.base import NonEmptyMixin
 from dino_mm.registry import DATASETS, TRANSFORMS
 
 __all__ = ['NYUDepthDataset', 'KITTIDepthDataset', 'LoadDepthMap', 'KBCrop', 'RandomBrightness']
 
 
-class _DepthListDataset(BaseDataset):
+class _DepthListDataset(NonEmptyMixin, BaseDataset):
     """Depth dataset read from a BTS-style list file.
 
     Args:
@@ -39,6 +40,13 @@ class _DepthListDataset(BaseDataset):
     """
 
     DEFAULTS = dict(depth_scale=1.0, min_depth=1e-3, max_depth=10.0)
+
+    def _root_hint(self) -> str:
+        return 'the split list (ann_file) and the RGB images / depth maps it names'
+
+    def _empty_hint(self) -> str:
+        return (f'Check the split list "{self.ann_file}" (one "rgb_path depth_path [focal]" '
+                'line per sample) and data_root.')
 
     def __init__(self,
                  ann_file: str,

@@ -12,6 +12,7 @@ from typing import List
 from mmdet.datasets import CocoDataset
 from mmengine.logging import print_log
 
+from dino_mm.datasets.base import NonEmptyMixin
 from dino_mm.registry import DATASETS
 from dino_mm.utils.scope import builds_in_scope
 
@@ -20,7 +21,7 @@ __all__ = ['CheckedCocoDataset']
 
 @DATASETS.register_module()
 @builds_in_scope('mmdet')
-class CheckedCocoDataset(CocoDataset):
+class CheckedCocoDataset(NonEmptyMixin, CocoDataset):
     """mmdet ``CocoDataset`` that validates images and boxes up front.
 
     Args:
@@ -42,6 +43,15 @@ class CheckedCocoDataset(CocoDataset):
         self.num_skipped_images = 0
         self.num_skipped_boxes = 0
         super().__init__(*args, **kwargs)
+
+    def _root_hint(self) -> str:
+        return 'the COCO-style annotation file (ann_file) and the images (data_prefix.img)'
+
+    def _empty_hint(self) -> str:
+        return (f'The annotation file "{self.ann_file}" lists no usable image (images '
+                f'without annotations are dropped by filter_cfg, and with '
+                f"on_invalid='skip' those whose file is missing). Check ann_file, "
+                'data_prefix.img and the images.')
 
     def _problem(self, message: str) -> None:
         if self.on_invalid == 'error':

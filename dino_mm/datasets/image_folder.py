@@ -1,5 +1,6 @@
 """A recursive folder of images, optionally labelled by sub-folder."""
 import os
+import warnings
 from typing import List, Sequence
 
 from mmengine.dataset import BaseDataset
@@ -19,8 +20,9 @@ class ImageFolderDataset(SkipCorruptMixin, BaseDataset):
         extensions (Sequence[str]): File suffixes to keep, case-insensitive.
             Defaults to common image formats.
         with_label (bool): Label each image by its top-level sub-folder (sorted
-            folder names -> class indices, stored in ``metainfo['classes']``); images
-            directly in ``data_root`` are then an error. Defaults to False
+            folder names -> class indices, stored in ``metainfo['classes']``; a folder
+            without an image keeps its index, with a warning); images directly in
+            ``data_root`` are then an error. Defaults to False
             (``gt_label`` = -1, for self-supervised pretraining).
         follow_links (bool): Follow symlinked folders. Defaults to True.
         skip_corrupt (bool): Skip unreadable images. Defaults to False.
@@ -43,6 +45,9 @@ class ImageFolderDataset(SkipCorruptMixin, BaseDataset):
         self.num_skipped = 0
         super().__init__(data_root=data_root, **kwargs)
 
+    def _root_hint(self) -> str:
+        return ('the images' + (' (one sub-folder per class)' if self.with_label else ''))
+
     def load_data_list(self) -> List[dict]:
         root = self.data_root
         if not os.path.isdir(root):
@@ -63,7 +68,21 @@ class ImageFolderDataset(SkipCorruptMixin, BaseDataset):
         if loose:
             raise ValueError(f'ImageFolderDataset(with_label=True): "{loose[0]}" is not inside '
                              'a class sub-folder; move it or set with_label=False.')
-        classes = sorted({r[0] for r in rel})
+        # Every top-level folder is a class, also one without an image, so that an empty
+        # folder does not shift the index of every later class (torchvision's order).
+        with_images = {r[0] for r in rel}
+        folders = {e.name for e in os.scandir(root)
+                   if e.is_dir(follow_symlinks=self.follow_links)}
+        classes = sorted(folders | with_images)
+        empty = [(i, c) for i, c in enumerate(classes) if c not in with_images]
+        if empty:
+            listed = ', '.join(f'"{os.path.join(root, c)}" (class {i})' for i, c in empty[:10])
+            more = f' and {len(empty) - 10} more' if len(empty) > 10 else ''
+            warnings.warn(
+                f'ImageFolderDataset(with_label=True): {len(empty)} class folder(s) hold no '
+                f'file ending in {self.extensions}: {listed}{more}. They keep their class '
+                'index (sorted folder names) and have no sample; add their images, or '
+                'remove the folders if they are not classes.', UserWarning, stacklevel=2)
         self._metainfo.setdefault('classes', tuple(classes))
         index = {c: i for i, c in enumerate(classes)}
         return [dict(img_path=p, gt_label=index[r[0]]) for p, r in zip(paths, rel)]

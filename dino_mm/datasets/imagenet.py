@@ -1,6 +1,7 @@
 """ImageNet-1k in the official DINOv2 / DINOv3 layout (``extra/*.npy`` metadata)."""
 import os
 import re
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -51,8 +52,9 @@ def _read_labels(root: str) -> List[Tuple[str, str]]:
     return labels
 
 
-def _scan_class_folders(split_dir: str) -> List[Tuple[str, str]]:
-    """(relative path, class id) in torchvision ImageFolder order (sorted classes/files)."""
+def _scan_class_folders(split_dir: str) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """(path, class id) in torchvision ImageFolder order (sorted classes/files), and
+    every class folder (sorted), including those without an image."""
     samples = []
     classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
     if not classes:
@@ -63,7 +65,37 @@ def _scan_class_folders(split_dir: str) -> List[Tuple[str, str]]:
             for fname in sorted(files):
                 if fname.lower().endswith(_IMG_EXTENSIONS):
                     samples.append((os.path.join(dirpath, fname), class_id))
-    return samples
+    return samples, classes
+
+
+def _class_index(root: str, label_list: List[Tuple[str, str]]) -> dict:
+    """wnid -> class index: the line order of ``labels.txt``, whatever folder is empty."""
+    index = {}
+    for i, (wnid, _) in enumerate(label_list):
+        if wnid in index:
+            raise ValueError(f'"{os.path.join(root, "labels.txt")}" lists class {wnid!r} '
+                             f'twice (lines {index[wnid] + 1} and {i + 1}, counting '
+                             'non-blank lines); keep one line per class.')
+        index[wnid] = i
+    return index
+
+
+def _warn_classes_without_images(split: str, split_dir: str, root: str,
+                                 label_list: List[Tuple[str, str]], folders: List[str],
+                                 with_images: set) -> None:
+    empty = [(i, w) for i, (w, _) in enumerate(label_list) if w not in with_images]
+    if not empty:
+        return
+    on_disk = set(folders)
+    listed = ', '.join(f'{w} (class {i}, {"empty folder" if w in on_disk else "no folder"})'
+                       for i, w in empty[:10])
+    more = f' and {len(empty) - 10} more' if len(empty) > 10 else ''
+    warnings.warn(
+        f'ImageNet {split}: {len(empty)} class(es) of "{os.path.join(root, "labels.txt")}" '
+        f'have no image in "{split_dir}": {listed}{more}. They keep their class index '
+        '(indices follow labels.txt, so the other classes do not shift) but have no '
+        'sample in this split; add their images, or remove them from labels.txt if the '
+        'dataset is meant to be a subset.', UserWarning, stacklevel=3)
 
 
 def _actual_index(path: str) -> int:
@@ -81,8 +113,11 @@ def dump_imagenet_extra(root: str, extra: str,
     Files: ``entries-<SPLIT>.npy`` (structured: ``actual_index`` <u4, ``class_index``
     <u4 (uint32(-1) for TEST), ``class_id``, ``class_name``), and for TRAIN / VAL
     ``class-ids-<SPLIT>.npy`` / ``class-names-<SPLIT>.npy`` indexed by class index.
-    Class indices follow the sorted class folders (torchvision ImageFolder order), as
-    the official ``dump_extra``. Unlike the official code the TEST entries come from
+    Class indices follow the lines of ``labels.txt`` (the official ``dump_extra`` takes
+    class id and name from line ``i`` for the ``i``-th sorted class folder, so both agree
+    for the usual sorted ``labels.txt``). A class of ``labels.txt`` whose folder is empty
+    or missing keeps its index (a ``UserWarning`` names it) instead of shifting every
+    later class; for a subset, list only its classes in ``labels.txt``. Unlike the official code the TEST entries come from
     the files present in ``test/`` (the official one assumes all 100,000).
 
     Args:
@@ -93,10 +128,22 @@ def dump_imagenet_extra(root: str, extra: str,
 
     Returns:
         list[str]: The splits written.
+
+    Raises:
+        ValueError: A split folder exists but holds no image (nothing is written: a
+            dataset built from it would have no sample).
     """
-    labels = dict(_read_labels(root))
-    os.makedirs(extra, exist_ok=True)
-    written = []
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f'ImageNet root "{root}" does not exist or is not a folder (resolved from '
+            f'{os.getcwd()!r} when relative); pass the folder holding train/, val/, test/ '
+            'and labels.txt (--root).')
+    label_list = _read_labels(root)
+    labels = dict(label_list)
+    class_index = _class_index(root, label_list)
+    # Index every split before writing anything: an empty split is an error, and a
+    # failed run must not leave half of the files behind.
+    indexed = []
     for split in (_check_split(s) for s in splits):
         split_dir = os.path.join(root, split.lower())
         if not os.path.isdir(split_dir):
@@ -106,26 +153,37 @@ def dump_imagenet_extra(root: str, extra: str,
             files = sorted(f for f in os.listdir(split_dir) if f.lower().endswith(_IMG_EXTENSIONS))
             rows = [(_actual_index(f), 2**32 - 1, '', '') for f in files]  # uint32(-1)
         else:
-            samples = _scan_class_folders(split_dir)
+            samples, folders = _scan_class_folders(split_dir)
             class_ids = sorted({c for _, c in samples})
             missing = [c for c in class_ids if c not in labels]
             if missing:
                 raise KeyError(f'Class folders {missing[:5]} of "{split_dir}" are not in '
                                f'"{os.path.join(root, "labels.txt")}".')
-            index = {c: i for i, c in enumerate(class_ids)}
-            rows = [(_actual_index(p), index[c], c, labels[c]) for p, c in samples]
-        id_len = max([len(r[2]) for r in rows] + [1])
-        name_len = max([len(r[3]) for r in rows] + [1])
+            rows = [(_actual_index(p), class_index[c], c, labels[c]) for p, c in samples]
+            if rows:
+                _warn_classes_without_images(split, split_dir, root, label_list, folders,
+                                             set(class_ids))
+        if not rows:
+            layout = {'TRAIN': 'train/<wnid>/<wnid>_<idx>.JPEG',
+                      'VAL': 'val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG',
+                      'TEST': 'test/ILSVRC2012_test_<8 digits>.JPEG'}[split]
+            raise ValueError(
+                f'ImageNet root "{root}", split {split}: "{split_dir}" holds no image '
+                f'(expected {layout}); nothing was written to "{extra}". Put the images '
+                'there, or leave the split out (--splits / splits=...).')
+        indexed.append((split, rows))
+    os.makedirs(extra, exist_ok=True)
+    written = []
+    for split, rows in indexed:
+        id_len = max([len(r[2]) for r in rows] + [len(w) for w, _ in label_list] + [1])
+        name_len = max([len(r[3]) for r in rows] + [len(n) for _, n in label_list] + [1])
         dtype = np.dtype([('actual_index', '<u4'), ('class_index', '<u4'),
                           ('class_id', f'U{id_len}'), ('class_name', f'U{name_len}')])
         entries = np.array(rows, dtype=dtype)
         np.save(os.path.join(extra, f'entries-{split}.npy'), entries)
-        if split != 'TEST':
-            n_cls = int(entries['class_index'].max()) + 1 if len(entries) else 0
-            ids = np.empty(n_cls, dtype=f'U{id_len}')
-            names = np.empty(n_cls, dtype=f'U{name_len}')
-            ids[entries['class_index']] = entries['class_id']
-            names[entries['class_index']] = entries['class_name']
+        if split != 'TEST':  # every class of labels.txt, also those without an image
+            ids = np.array([w for w, _ in label_list], dtype=f'U{id_len}')
+            names = np.array([n for _, n in label_list], dtype=f'U{name_len}')
             np.save(os.path.join(extra, f'class-ids-{split}.npy'), ids)
             np.save(os.path.join(extra, f'class-names-{split}.npy'), names)
         written.append(split)
@@ -185,6 +243,17 @@ class ImageNet(EntriesDataset):
             self.class_ids = load_extra(self.extra, f'class-ids-{self.split}.npy', how)
             self.class_names = load_extra(self.extra, f'class-names-{self.split}.npy', how)
             self._metainfo.setdefault('classes', tuple(str(c) for c in self.class_names))
+
+    def _root_hint(self) -> str:
+        return ('the official ImageNet layout (train/, val/, test/, labels.txt; see '
+                'dino_mm.ImageNet)')
+
+    def _empty_hint(self) -> str:
+        return (f'"{os.path.join(self.extra, f"entries-{self.split}.npy")}" lists no image: '
+                f'the split folder "{os.path.join(self.data_root, self.split.lower())}" was '
+                'empty when it was indexed. Put the images there (official layout, see '
+                f'dino_mm.ImageNet) and regenerate the metadata with `python {_TOOL} '
+                f'--root {self.data_root} --extra {self.extra}`.')
 
     def _entry_info(self, entry: np.void, idx: int) -> dict:
         class_id = None if self.split == 'TEST' else str(entry['class_id'])

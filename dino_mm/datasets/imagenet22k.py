@@ -42,6 +42,10 @@ def dump_imagenet22k_extra(root: str, extra: str) -> int:
                 if member.isfile():
                     rows.append((class_index, class_id, member.offset_data - _TAR_BLOCK,
                                  member.offset_data + member.size, os.path.basename(member.name)))
+    if not rows:
+        raise ValueError(f'ImageNet-22k root "{root}": the {len(class_ids)} tarballs '
+                         f'({class_ids[0]}.tar ...) hold no file; nothing was written to '
+                         f'"{extra}". Check that the tarballs were copied completely.')
     offset_type = '<u4' if max(r[3] for r in rows) < 2**32 else '<u8'
     dtype = np.dtype([('class_index', '<u4'),
                       ('class_id', f'U{max(len(c) for c in class_ids)}'),
@@ -101,6 +105,14 @@ class ImageNet22k(EntriesDataset):
         self._entries = load_extra(self.extra, 'entries.npy', how)
         self.class_ids = load_extra(self.extra, 'class-ids.npy', how)
         self._metainfo.setdefault('classes', tuple(str(c) for c in self.class_ids))
+
+    def _root_hint(self) -> str:
+        return 'the per-class tarballs <wnid>.tar'
+
+    def _empty_hint(self) -> str:
+        return (f'"{os.path.join(self.extra, "entries.npy")}" lists no image. Re-index the '
+                f'tarballs of "{self.data_root}" with dino_mm.datasets.dump_imagenet22k_extra '
+                'or pass extra=<folder> holding the official files.')
 
     def _tar(self, class_id: str) -> mmap.mmap:
         if class_id in self._mmaps:

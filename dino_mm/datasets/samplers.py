@@ -45,6 +45,9 @@ class SeededInfiniteSampler(InfiniteSampler):
                  dataset: Sized,
                  shuffle: bool = True,
                  seed: Optional[int] = None) -> None:
+        if len(dataset) == 0:  # the infinite loop would spin forever without a word
+            raise ValueError(f'SeededInfiniteSampler: the dataset {type(dataset).__name__} '
+                             'has no samples; check its data_root / ann_file / indices.')
         super().__init__(dataset, shuffle=shuffle, seed=seed)
         self._position = 0
 

@@ -17,12 +17,13 @@ composes with ``torch.distributed.checkpoint`` (DCP) for resharding-friendly che
 """
 import copy
 import datetime
+import functools
 import os
 import os.path as osp
 import pickle
 import shutil
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import mmengine
 import torch
@@ -41,7 +42,7 @@ from .checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
 __all__ = [
     'DINOFSDPStrategy', 'shard_dino_model', 'fsdp_update_teacher', 'check_identical_sharding',
     'save_sharded_checkpoint', 'load_sharded_checkpoint', 'is_sharded_checkpoint',
-    'read_sharded_state_dict', 'META_FILE'
+    'read_sharded_state_dict', 'read_dcp_metadata', 'META_FILE'
 ]
 
 META_FILE = 'meta.pth'
@@ -201,47 +202,226 @@ def fsdp_update_teacher(model: nn.Module, momentum: float) -> None:
 
 
 # --------------------------------------------------------------------------- checkpoints
-class _MetadataUnpickler(pickle.Unpickler):
-    """Allows only the classes a DCP ``.metadata`` file is made of.
+# A DCP checkpoint folder holds a pickled ``.metadata`` (the index of the shards) and the
+# shard files. PyTorch reads ``.metadata`` with the full unpickler and the non-tensor
+# values of the shards (optimizer hyper-parameters, step counters ...) with
+# ``torch.load(weights_only=False)``: a crafted folder runs code on load. Every dino_mm
+# entry point (``load_sharded_checkpoint`` -- FSDP resume and ``load_from`` -- and
+# ``read_sharded_state_dict`` -- tools/convert/consolidate_sharded.py) instead reads
+# ``.metadata`` once, with :class:`_MetadataUnpickler`, hands that object to DCP through
+# :func:`_safe_dcp_classes`, and loads the non-tensor values with ``weights_only=True``.
+_DCP_MD = 'torch.distributed.checkpoint.metadata'
+# Exact (module, name) pairs a DCP ``.metadata`` file refers to (torch 2.4 - 2.14); no
+# prefix, no dotted name. ``torch.<dtype>`` pairs are added by ``_metadata_globals``.
+_METADATA_GLOBALS = (
+    (_DCP_MD, 'Metadata'), (_DCP_MD, 'MetadataIndex'), (_DCP_MD, 'StorageMeta'),
+    (_DCP_MD, 'TensorStorageMetadata'), (_DCP_MD, 'BytesStorageMetadata'),
+    (_DCP_MD, 'ChunkStorageMetadata'), (_DCP_MD, 'TensorProperties'),
+    (_DCP_MD, '_MEM_FORMAT_ENCODING'),
+    ('torch.distributed.checkpoint.filesystem', '_StorageInfo'),
+    ('torch', 'Size'), ('torch.serialization', '_get_layout'),
+    ('pathlib', 'PosixPath'), ('pathlib', 'WindowsPath'), ('pathlib', 'PurePosixPath'),
+    ('pathlib', 'PureWindowsPath'), ('collections', 'OrderedDict'))
+# The dataclasses among them: the only objects whose state the pickle may set (BUILD).
+_METADATA_STATEFUL = (
+    (_DCP_MD, 'Metadata'), (_DCP_MD, 'MetadataIndex'), (_DCP_MD, 'StorageMeta'),
+    (_DCP_MD, 'TensorStorageMetadata'), (_DCP_MD, 'BytesStorageMetadata'),
+    (_DCP_MD, 'ChunkStorageMetadata'), (_DCP_MD, 'TensorProperties'),
+    ('torch.distributed.checkpoint.filesystem', '_StorageInfo'))
 
-    DCP reads ``.metadata`` with the full unpickler (tensor data goes through
-    ``torch.load(weights_only=True)``); checking it first keeps loading a sharded checkpoint
-    as safe as loading a dino_mm ``.pth``.
+
+@functools.lru_cache(maxsize=None)
+def _metadata_globals() -> Dict[Tuple[str, str], object]:
+    """``{(module, name): object}`` of everything ``.metadata`` may name, resolved once."""
+    import importlib
+    allowed = {}
+    for module, name in _METADATA_GLOBALS:
+        obj = getattr(importlib.import_module(module), name, None)
+        if obj is not None:  # e.g. StorageMeta is missing before torch 2.4
+            allowed[(module, name)] = obj
+    for name, obj in vars(torch).items():
+        if isinstance(obj, torch.dtype):
+            allowed[('torch', name)] = obj
+    return allowed
+
+
+@functools.lru_cache(maxsize=None)
+def _build_types() -> tuple:
+    """Classes whose *instances* a ``.metadata`` pickle may set the state of (BUILD)."""
+    allowed = _metadata_globals()
+    return tuple(allowed[key] for key in _METADATA_STATEFUL if key in allowed)
+
+
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something a DCP metadata file never holds."""
+
+
+class _MetadataUnpickler(pickle._Unpickler):
+    """Unpickler of a DCP ``.metadata`` file that can only rebuild DCP metadata.
+
+    * ``find_class`` returns objects of an exact ``(module, name)`` allowlist, resolved
+      in advance: nothing is imported or looked up from the file's names, so a dotted
+      name (``metadata``, ``os.system``) or a module prefix cannot reach anything else;
+    * ``BUILD`` (set an object's state) only applies to instances of the DCP metadata
+      dataclasses: a file cannot set attributes of a class or function it names;
+    * persistent ids are refused (the base class raises).
+
+    It is the pure-Python unpickler (``BUILD`` cannot be intercepted in the C one).
     """
 
-    _EXACT = {('torch', 'Size'), ('torch.serialization', '_get_layout'),
-              ('pathlib', 'PosixPath'), ('pathlib', 'WindowsPath'), ('pathlib', 'Path'),
-              ('collections', 'OrderedDict'), ('builtins', 'set'), ('builtins', 'frozenset'),
-              ('builtins', 'slice')}
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
-        allowed = ((module, name) in self._EXACT
-                   or module.startswith('torch.distributed.checkpoint.')
-                   or module.startswith('torch.distributed.tensor.')
-                   or (module == 'torch' and isinstance(getattr(torch, name, None),
-                                                        (torch.dtype, torch.layout,
-                                                         torch.memory_format))))
-        if not allowed:
-            raise pickle.UnpicklingError(f'global {module}.{name} is not allowed')
-        return super().find_class(module, name)
+        obj = _metadata_globals().get((module, name))
+        if obj is None:
+            raise _Refused(
+                f'global "{module}.{name}" is not one of the DCP metadata types')
+        return obj
+
+    def _load_build(self):
+        inst = self.stack[-2] if len(self.stack) >= 2 else None
+        if type(inst) not in _build_types():
+            raise _Refused(
+                f'BUILD on a {type(inst).__name__} object (only DCP metadata instances '
+                'have a state to set)')
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
 
-def _check_metadata(path: str) -> None:
-    meta = osp.join(path, _DCP_METADATA)
+def _refuse(path: str, meta: str, why: str) -> CheckpointError:
+    return CheckpointError(
+        f'Sharded checkpoint "{path}": "{meta}" is not a DCP metadata file: {why}. It may '
+        'have been crafted to run code when loaded; nothing from it was executed. Load '
+        'only checkpoints written by dino_mm.DINOFSDPStrategy / '
+        'torch.distributed.checkpoint.save, or re-save this one where it was made.')
+
+
+def read_dcp_metadata(path: str, rank: Optional[int] = None):
+    """Read ``<path>/.metadata`` (``__<rank>.metadata`` if ``rank``) with the safe unpickler.
+
+    Returns:
+        torch.distributed.checkpoint.metadata.Metadata: The checkpoint index.
+
+    Raises:
+        CheckpointError: The file is missing (an unfinished save), truncated, names
+            anything but DCP metadata types, or points outside the folder.
+    """
+    from torch.distributed.checkpoint.metadata import Metadata
+    name = _DCP_METADATA if rank is None else f'__{rank}{_DCP_METADATA}'
+    meta = osp.join(path, name)
     try:
         with open(meta, 'rb') as f:
-            _MetadataUnpickler(f).load()
+            obj = _MetadataUnpickler(f).load()
     except FileNotFoundError:
         raise CheckpointError(
-            f'Sharded checkpoint "{path}" has no {_DCP_METADATA} file: it is incomplete '
+            f'Sharded checkpoint "{path}" has no {name} file: it is incomplete '
             '(a save that never finished). Resume from the previous checkpoint.') from None
+    except IsADirectoryError:
+        raise CheckpointError(f'Sharded checkpoint "{path}": "{meta}" is a folder, not the '
+                              'DCP metadata file.') from None
+    except _Refused as err:
+        raise _refuse(path, meta, str(err)) from None
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f'Sharded checkpoint "{path}": {meta} holds objects a DCP '
-                              f'metadata file never contains ({err}); refusing to load it.'
-                              ) from err
-    except Exception as err:
-        raise CheckpointError(f'Sharded checkpoint "{path}": {meta} is truncated or corrupt '
-                              f'({type(err).__name__}: {err}).') from err
+        raise CheckpointError(f'Sharded checkpoint "{path}": "{meta}" is truncated or '
+                              f'corrupt (UnpicklingError: {err}). Delete the folder and '
+                              'resume from the previous checkpoint.') from None
+    except Exception as err:  # EOFError, ValueError, ... from a damaged file
+        raise CheckpointError(f'Sharded checkpoint "{path}": "{meta}" is truncated or '
+                              f'corrupt ({type(err).__name__}: {err}). Delete the folder '
+                              'and resume from the previous checkpoint.') from None
+    if type(obj) is not Metadata:
+        raise _refuse(path, meta, f'it holds a {type(obj).__name__}, not a Metadata')
+    storage = obj.storage_data
+    if not isinstance(storage, dict):
+        raise _refuse(path, meta, f'its storage_data is a {type(storage).__name__}')
+    for index, info in storage.items():
+        rel = getattr(info, 'relative_path', None)
+        parts = rel.replace('\\', '/').split('/') if isinstance(rel, str) else []
+        if not parts or osp.isabs(rel) or '..' in parts:
+            raise _refuse(path, meta, f'the shard of "{getattr(index, "fqn", index)}" is '
+                          f'stored at {rel!r}, outside the checkpoint folder')
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def _safe_dcp_classes():
+    """The restricted DCP reader and load planners every sharded load uses (built once)."""
+    import io
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import (DefaultLoadPlanner,
+                                                              _EmptyStateDictLoadPlanner)
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeFileSystemReader(FileSystemReader):
+        """``FileSystemReader`` that returns the metadata read by ``read_dcp_metadata``."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__(path)
+            self._checked = {None: read_dcp_metadata(str(self.path))}
+            self._checked_path = str(self.path)
+
+        def read_metadata(self, *args, **kwargs):
+            rank = kwargs.get('rank')
+            if str(self.path) != self._checked_path:  # reset() to another checkpoint
+                self._checked, self._checked_path = {}, str(self.path)
+            if rank not in self._checked:
+                self._checked[rank] = read_dcp_metadata(str(self.path), rank)
+            metadata = self._checked[rank]
+            if getattr(metadata, 'storage_meta', None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class SafeBytesMixin:
+        """Non-tensor values are read with ``torch.load(weights_only=True)``."""
+
+        checkpoint_path = ''
+        error: Optional[CheckpointError] = None
+
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            fqn = read_item.dest_index.fqn
+            try:
+                obj = torch.load(value, map_location='cpu', weights_only=True)
+            except Exception as err:
+                info = self.metadata.storage_data.get(read_item.storage_index)
+                where = osp.join(self.checkpoint_path, getattr(info, 'relative_path', '?'))
+                first = str(err).strip().splitlines()
+                detail = next((line.strip() for line in first if 'GLOBAL' in line),
+                              first[0] if first else type(err).__name__)
+                self.error = CheckpointError(
+                    f'Sharded checkpoint "{self.checkpoint_path}": the value of "{fqn}" '
+                    f'(in "{where}") cannot be read with the safe loader (torch.load '
+                    f'weights_only=True): {detail}. DCP checkpoints written by dino_mm '
+                    'only hold numbers, strings and lists there; this one is corrupt or '
+                    'was crafted to run code. Nothing from it was executed.')
+                raise self.error from None
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
+
+    class SafeLoadPlanner(SafeBytesMixin, DefaultLoadPlanner):
+        pass
+
+    class SafeEmptyStateDictLoadPlanner(SafeBytesMixin, _EmptyStateDictLoadPlanner):
+        pass
+
+    return SafeFileSystemReader, SafeLoadPlanner, SafeEmptyStateDictLoadPlanner
+
+
+def _run_dcp_load(path: str, planner, load: Callable) -> None:
+    """Run a DCP load; surface the planner's own error instead of DCP's wrapper."""
+    planner.checkpoint_path = path
+    try:
+        load()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # DCP wraps rank failures in CheckpointException
+        if planner.error is not None:
+            raise planner.error from err
+        raise
 
 
 def is_sharded_checkpoint(path: str) -> bool:
@@ -290,9 +470,12 @@ def load_sharded_checkpoint(path: str, state: Dict[str, dict]) -> dict:
     if not osp.isdir(path):
         raise FileNotFoundError(f'Sharded checkpoint "{path}" is not a directory. '
                                 'DINOFSDPStrategy checkpoints are folders (iter_N.pth/).')
-    _check_metadata(path)
+    reader_cls, planner_cls, _ = _safe_dcp_classes()
+    reader = reader_cls(path)  # reads and checks .metadata, once
     meta = safe_torch_load(osp.join(path, META_FILE))
-    dcp.load(state, checkpoint_id=path)
+    planner = planner_cls()
+    _run_dcp_load(path, planner,
+                  lambda: dcp.load(state, storage_reader=reader, planner=planner))
     return meta
 
 
@@ -303,13 +486,13 @@ def read_sharded_state_dict(path: str, prefix: str = 'model.') -> Dict[str, torc
         path (str): Checkpoint folder.
         prefix (str): Only keys under this prefix (stripped). Defaults to ``'model.'``.
     """
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-    _check_metadata(path)
+    reader_cls, _, planner_cls = _safe_dcp_classes()
+    reader = reader_cls(path)  # reads and checks .metadata, once
+    planner = planner_cls()
     state: dict = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(path),
-                     planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    _run_dcp_load(path, planner, lambda: _load_state_dict(
+        state, storage_reader=reader, planner=planner, no_dist=True))
     out: Dict[str, torch.Tensor] = {}
 
     def walk(obj, key):

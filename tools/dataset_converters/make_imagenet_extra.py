@@ -27,7 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    written = dump_imagenet_extra(args.root, args.extra, args.splits)
+    try:
+        written = dump_imagenet_extra(args.root, args.extra, args.splits)
+    except (FileNotFoundError, KeyError, ValueError) as err:  # messages name the files
+        print(f'error: {err.args[0] if err.args else err}', file=sys.stderr)
+        return 1
     if not written:
         print(f'No split folder found under {args.root}; nothing written.', file=sys.stderr)
         return 1
