@@ -174,7 +174,7 @@ else
       log "compiling mmcv $MMCV_VERSION CPU+CUDA ops (CUDA $CUDA_VER, archs $ARCHS) with MAX_JOBS=$MAX_JOBS (about 40-60 min on 16 cores)"
     else
       BUILD_ENV+=(FORCE_CUDA=0 CUDA_VISIBLE_DEVICES=)
-      log "compiling mmcv $MMCV_VERSION CPU ops with MAX_JOBS=$MAX_JOBS (about 16-25 min on 2 cores)"
+      log "compiling mmcv $MMCV_VERSION CPU ops with MAX_JOBS=$MAX_JOBS (about 12 min on 2 cores)"
     fi
     B0=$(date +%s)
     # The build runs from inside the source tree: every path used here is absolute.
