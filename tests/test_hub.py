@@ -46,7 +46,7 @@ def test_pretrained_offline_error_names_file(monkeypatch, tmp_path):
 
 
 def test_weights_path_and_weights_dir_load_strictly(monkeypatch, tmp_path):
-    src = hub.dinov3_vitl16(depth=1, embed_dim=64, num_heads=1,
+    src = hub.dinov3_vitl16(pretrained=False, depth=1, embed_dim=64, num_heads=1,
                             untie_global_and_local_cls_norm=True)
     file_name = BACKBONE_WEIGHTS['dinov3_vitl16']['SAT493M']
     torch.save(src.state_dict(), tmp_path / file_name)
@@ -75,3 +75,50 @@ def test_torch_hub_load_local():
     spec.loader.exec_module(hubconf)
     assert hubconf.dependencies == ['torch']
     assert all(callable(getattr(hubconf, n)) for n in BACKBONE_NAMES)
+
+
+def _empty_weights_dirs(monkeypatch, tmp_path):
+    monkeypatch.setenv('DINO_MM_WEIGHTS', str(tmp_path / 'weights'))
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torchhub'))
+    monkeypatch.setenv('HOME', str(tmp_path))
+
+
+def test_pretrained_is_the_default_like_the_official_hub(monkeypatch, tmp_path):
+    """``torch.hub.load(repo, 'dinov2_vits14', source='local')`` must not silently return
+    random weights: like the official hubconf it loads the official file; offline without
+    it, the default warns loudly (naming the file and where to put it) and an explicit
+    ``pretrained=True`` fails."""
+    _empty_weights_dirs(monkeypatch, tmp_path)
+    small = dict(depth=1, embed_dim=64, num_heads=2)
+    for call in (lambda **kw: hub.dinov2_vits14(**small, **kw),
+                 lambda **kw: torch.hub.load(REPO_ROOT, 'dinov2_vits14', source='local',
+                                             **small, **kw)):
+        with pytest.raises(FileNotFoundError) as err:
+            call(pretrained=True)
+        text = str(err.value)
+        assert 'dinov2_vits14_pretrain.pth' in text and str(tmp_path / 'weights') in text
+        assert 'pretrained' in text or 'weights=' in text
+        with pytest.warns(UserWarning) as record:
+            model = call()
+        text = ' '.join(str(w.message) for w in record)
+        assert 'RANDOM weights' in text and 'dinov2_vits14_pretrain.pth' in text, text
+        assert str(tmp_path / 'weights') in text
+        assert isinstance(model, torch.nn.Module)
+    with pytest.raises(FileNotFoundError, match='dinov3_convnext_tiny_pretrain_lvd1689m'):
+        hub.dinov3_convnext_tiny(pretrained=True)
+    with pytest.warns(UserWarning, match='dinov3_convnext_tiny_pretrain_lvd1689m'):
+        hub.dinov3_convnext_tiny(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+
+    # With the official file in $DINO_MM_WEIGHTS the default loads it ...
+    src = hub.dinov2_vits14(pretrained=False, **small)
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p))
+    (tmp_path / 'weights').mkdir()
+    torch.save(src.state_dict(), tmp_path / 'weights' / 'dinov2_vits14_pretrain.pth')
+    loaded = torch.hub.load(REPO_ROOT, 'dinov2_vits14', source='local', **small)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in src.state_dict().items())
+    # ... and pretrained=False is the random init.
+    fresh = torch.hub.load(REPO_ROOT, 'dinov2_vits14', source='local', pretrained=False,
+                           **small)
+    assert not torch.equal(fresh.pos_embed, src.pos_embed)

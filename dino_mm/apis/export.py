@@ -39,16 +39,18 @@ def _example(size: Tuple[int, int], batch: int = 1) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _frozen_pos_embed(backbone: nn.Module, size: Tuple[int, int]) -> Iterator[None]:
-    """While tracing, serve DINOv2's interpolated position embedding as a constant.
+    """While tracing, serve a foreign DINOv2's interpolated position embedding as a constant.
 
     Under the tracer, image sizes are tensors, and the official interpolation computes
-    its bicubic scale factors from them, which ``F.interpolate`` rejects. A trace is
-    specific to one input size anyway, so the embedding for that size is computed
-    eagerly and returned as is (DINOv3's RoPE needs nothing of the kind).
+    its bicubic scale factors from them, which ``F.interpolate`` rejects. For backbones
+    without a traceable interpolation (``traceable_pos_embed``; dino_mm's own ViT has
+    one) the embedding for ``size`` is computed eagerly and returned as is, which makes
+    the trace specific to that size. DINOv3's RoPE needs nothing of the kind.
     """
     method = getattr(backbone, 'interpolate_pos_encoding', None)
-    if method is None or getattr(backbone, 'pos_embed', None) is None:
-        yield
+    if (method is None or getattr(backbone, 'pos_embed', None) is None
+            or getattr(backbone, 'traceable_pos_embed', False)):
+        yield  # dino_mm's ViT interpolates with traced sizes: nothing to freeze
         return
     patch = backbone_patch_size(backbone)
     # The official signature: tokens (B, 1 + h*w, D) without registers, then h, w.
@@ -69,9 +71,11 @@ def export_torchscript(backbone: nn.Module, path: str,
     """Save a TorchScript version of ``FeatureExportWrapper(backbone)``.
 
     Tracing records the operations run on one example; python arithmetic on shapes
-    (e.g. position-embedding interpolation factors) becomes constants, so a traced
-    model is only guaranteed for the traced input size. ``method='script'`` compiles
-    the code instead and keeps control flow, but needs scriptable model code.
+    becomes constants. dino_mm's ViTs (DINOv2 position-embedding interpolation, DINOv3
+    RoPE) compute with the traced sizes, so one trace serves every input size; other
+    backbones may be guaranteed only at the traced size (check with
+    :func:`max_abs_diff`). ``method='script'`` compiles the code instead and keeps
+    control flow, but needs scriptable model code.
 
     Args:
         backbone (nn.Module): The backbone (put in eval mode here).
@@ -109,10 +113,10 @@ def export_onnx(backbone: nn.Module, path: str, example_size: Tuple[int, int] = 
     """Save an ONNX graph of ``FeatureExportWrapper(backbone)`` and check it.
 
     With ``dynamic=True`` the batch, height and width axes are exported as symbolic
-    dimensions. Model code that cannot be exported with symbolic sizes (DINOv2's
-    position-embedding interpolation computes python scale factors from the size) gets
-    a static graph for ``example_size`` instead; the returned ``dynamic`` flag says
-    which one was written.
+    dimensions (DINOv2, with or without registers, and DINOv3 alike: dino_mm's ViT
+    interpolates its position embedding with traced sizes). Model code that cannot be
+    exported with symbolic sizes gets a static graph for ``example_size`` instead; the
+    returned ``dynamic`` flag says which one was written.
 
     Args:
         backbone (nn.Module): The backbone.
@@ -123,7 +127,8 @@ def export_onnx(backbone: nn.Module, path: str, example_size: Tuple[int, int] = 
         check_sizes (Sequence[tuple[int, int]]): Sizes at which a dynamic graph is run
             with onnxruntime (when installed) and compared with eager outputs, because
             exporters can silently bake size-dependent arithmetic into constants; a
-            graph that fails is replaced by a static one. Defaults to ().
+            graph that fails is replaced by a static one. A size other than the example
+            (:func:`other_size`) is always added. Defaults to ().
         atol (float): Tolerance of that check. Defaults to 1e-4.
         exporter (str): ``'torchscript'`` (``torch.onnx.export(dynamo=False)``, about a
             second for small models) or ``'dynamo'`` (``torch.export`` based; much
@@ -161,14 +166,15 @@ def export_onnx(backbone: nn.Module, path: str, example_size: Tuple[int, int] = 
                 exported = True
             except Exception as err:  # noqa: BLE001 - fall back to a static graph
                 info['dynamic_error'] = f'{type(err).__name__}: {str(err)[:300]}'
-            if exported and not check_sizes:
+            if exported:
                 # Exporters can bake size-dependent arithmetic into constants, so a
-                # dynamic graph is only kept if it is right at a size it was not traced at.
-                patch = int(getattr(backbone, 'patch_size', 16))
-                check_sizes = [tuple(example_size),
-                               (example_size[0] + 2 * patch, example_size[1] + patch)]
-            if exported and check_sizes:
-                error = _check_onnx(backbone, path, check_sizes, atol)
+                # dynamic graph is only kept if it is right at a size it was not traced at
+                # (added to ``check_sizes`` when they hold only the example size).
+                sizes = [tuple(int(v) for v in c) for c in check_sizes] or [
+                    tuple(example_size)]
+                if all(c == tuple(example_size) for c in sizes):
+                    sizes.append(other_size(backbone, example_size))
+                error = _check_onnx(backbone, path, sizes, atol)
                 if error:
                     info['dynamic_error'] = error
                     exported = False
@@ -182,6 +188,13 @@ def export_onnx(backbone: nn.Module, path: str, example_size: Tuple[int, int] = 
     info['dynamic'] = any(d.dim_param for d in dims[2:])
     info['input_shape'] = [d.dim_param or d.dim_value for d in dims]
     return info
+
+
+def other_size(backbone: nn.Module, size: Tuple[int, int]) -> Tuple[int, int]:
+    """A size other than ``size`` (4 patches more per side, e.g. 224 -> 280 for DINOv2), to
+    check that an exported graph is not specialised to the size it was traced at."""
+    patch = backbone_patch_size(backbone)
+    return int(size[0]) + 4 * patch, int(size[1]) + 4 * patch
 
 
 def _check_onnx(backbone: nn.Module, path: str, sizes: Sequence[Tuple[int, int]],

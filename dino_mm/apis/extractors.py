@@ -195,7 +195,8 @@ def build_backbone(arch: str = 'dinov2_vits14', weights: Optional[str] = None,
 
     Args:
         arch (str): Official name (``'dinov2_vits14'``, ``'dinov3_vitb16'``, ...).
-        weights (str, optional): Path of a local checkpoint in the official key layout.
+        weights (str, optional): Path of a local checkpoint (official, HF transformers or
+            timm layout; a file or a HF model folder).
             None keeps the random initialisation and logs a warning, because features of
             a random backbone are noise. Defaults to None.
         device (str | torch.device): Device. Defaults to 'cpu'.
@@ -226,7 +227,7 @@ def build_backbone(arch: str = 'dinov2_vits14', weights: Optional[str] = None,
                   f'are noise. Pass a local official checkpoint for meaningful output.',
                   logger='current', level=logging.WARNING)
     else:
-        if not osp.isfile(weights):
+        if not osp.exists(weights):  # a file or a HF model folder
             raise FileNotFoundError(f'Checkpoint not found: {weights!r}. Download the '
                                     f'official {arch} weights and pass their local path.')
         from dino_mm.models.backbones import load_checkpoint_strict

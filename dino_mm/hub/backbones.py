@@ -1,15 +1,20 @@
 """Hub constructors named like the official DINOv2 / DINOv3 backbone entries.
 
-Each takes ``(pretrained=False, weights=None, **kwargs)``; kwargs override the arch
-(e.g. ``depth=2`` or ``out_type='featmap'``). ``weights`` is a local path or a weights tag;
-files are looked up locally (see :mod:`dino_mm.hub.utils`) and loaded strictly.
+Each takes ``(pretrained=None, weights=None, **kwargs)``. The default does what the official
+hub's ``pretrained=True`` does -- load the official weights -- from a local file (see
+:mod:`dino_mm.hub.utils`; nothing is downloaded); without the file it returns the random
+init after a loud warning naming the file and where to put it. ``pretrained=True`` makes a
+missing file a ``FileNotFoundError``; ``pretrained=False`` gives the official random init. kwargs override the arch (e.g.
+``depth=2`` or ``out_type='featmap'``). ``weights`` is a local file or HF model folder
+(official, HF transformers or timm layout, converted on load) or a weights tag; it is
+loaded strictly with :func:`~dino_mm.models.backbones.load_checkpoint_strict`.
 """
 import os.path as osp
 import re
 from typing import Optional
 
 from dino_mm.models.backbones import DinoVisionTransformer, load_checkpoint_strict
-from .utils import resolve_weights
+from .utils import resolve_weights, warn_random_init
 
 __all__ = [
     'dinov2_vits14', 'dinov2_vitb14', 'dinov2_vitl14', 'dinov2_vitg14', 'dinov2_vits14_reg',
@@ -38,11 +43,18 @@ for _a, _tags in _V3_HASHES.items():
 _UNTIED_LOCAL_NORM_HASHES = {'eadcf0ff'}
 
 
-def _make(name: str, pretrained: bool, weights: Optional[str], **kwargs) -> DinoVisionTransformer:
+def _make(name: str, pretrained: Optional[bool], weights: Optional[str],
+          **kwargs) -> DinoVisionTransformer:
     default = 'LVD142M' if name.startswith('dinov2') else 'LVD1689M'
     path = None
-    if pretrained or weights is not None:
+    if pretrained is None and weights is None:  # default: load the file if it is here
+        try:
+            path = resolve_weights(name, None, BACKBONE_WEIGHTS[name], default)
+        except FileNotFoundError as err:
+            warn_random_init(name, err)
+    elif pretrained or weights is not None:
         path = resolve_weights(name, weights, BACKBONE_WEIGHTS[name], default)
+    if path is not None:
         match = re.search(r'-([0-9a-f]{8})\.pth$', osp.basename(path))
         if name == 'dinov3_vitl16' and match and match.group(1) in _UNTIED_LOCAL_NORM_HASHES:
             kwargs.setdefault('untie_global_and_local_cls_norm', True)
@@ -54,7 +66,7 @@ def _make(name: str, pretrained: bool, weights: Optional[str], **kwargs) -> Dino
 
 
 def _entry(name: str):
-    def constructor(pretrained: bool = False, weights: Optional[str] = None,
+    def constructor(pretrained: Optional[bool] = None, weights: Optional[str] = None,
                     **kwargs) -> DinoVisionTransformer:
         return _make(name, pretrained, weights, **kwargs)
 
@@ -63,10 +75,14 @@ def _entry(name: str):
     constructor.__doc__ = f"""Official ``{name}`` backbone (``arch='{name}'``).
 
     Args:
-        pretrained (bool): Load the official weights from a local file ({files}) found
-            in ``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights`` or torch.hub's
-            checkpoint folder. Never downloads. Defaults to False.
-        weights (str, optional): A local checkpoint path, or a weights tag among
+        pretrained (bool, optional): Load the official weights from a local file
+            ({files}) found in ``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights`` or
+            torch.hub's checkpoint folder; never downloads. None (default, the official
+            hub's behaviour): load them if the file is here, else warn loudly and return
+            the random init. True: a missing file raises ``FileNotFoundError`` naming it.
+            False: random init.
+        weights (str, optional): A local checkpoint file or HF model folder (official,
+            HF transformers or timm layout), or a weights tag among
             {sorted(BACKBONE_WEIGHTS[name])}. Implies loading.
         **kwargs: Override :class:`DinoVisionTransformer` arguments.
     """

@@ -3,7 +3,7 @@ import os
 import os.path as osp
 from typing import List, Optional
 
-__all__ = ['weights_dirs', 'find_weights', 'resolve_weights']
+__all__ = ['weights_dirs', 'find_weights', 'resolve_weights', 'warn_random_init']
 
 ENV_WEIGHTS_DIR = 'DINO_MM_WEIGHTS'
 
@@ -35,13 +35,18 @@ def find_weights(file_name: str) -> Optional[str]:
     return None
 
 
+def _is_hf_folder(path: str) -> bool:
+    """A HF transformers model folder (``config.json`` + weights), loadable as weights."""
+    return osp.isdir(path) and osp.isfile(osp.join(path, 'config.json'))
+
+
 def resolve_weights(model_name: str, weights: Optional[str], file_names: dict,
                     default: str) -> str:
     """Turn the hub ``weights`` argument into an existing local file path.
 
     Args:
         model_name (str): Hub entry name, for messages.
-        weights (str, optional): A local path, or a weights tag (e.g. 'LVD142M',
+        weights (str, optional): A local file or HF model folder, or a weights tag (e.g. 'LVD142M',
             'LVD1689M', 'SAT493M'); None means ``default``.
         file_names (dict): Tag -> official file name.
         default (str): Default tag.
@@ -54,7 +59,7 @@ def resolve_weights(model_name: str, weights: Optional[str], file_names: dict,
         tag = tag.rsplit('/', 1)[-1]
     if tag.upper() in file_names:
         file_name = file_names[tag.upper()]
-    elif osp.isfile(osp.expanduser(tag)):
+    elif osp.isfile(osp.expanduser(tag)) or _is_hf_folder(osp.expanduser(tag)):
         return osp.expanduser(tag)
     elif osp.basename(tag) in file_names.values():
         file_name = osp.basename(tag)
@@ -69,3 +74,21 @@ def resolve_weights(model_name: str, weights: Optional[str], file_names: dict,
             f'downloads. Put the official file in ${ENV_WEIGHTS_DIR} or one of '
             f'{weights_dirs()}, or pass weights=<local path>.')
     return path
+
+
+def warn_random_init(model_name: str, err: Exception) -> None:
+    """The loud fallback of a hub constructor called with the default ``pretrained``.
+
+    The official hub entries default to ``pretrained=True`` and download the weights;
+    dino_mm never downloads. Called with the default and without the file, a constructor
+    returns the official *random* init after this warning (an explicit ``pretrained=True``
+    raises instead), so ``dino_mm.hub.dinov2_vits14()`` still gives a model offline but a
+    user can never mistake it for the pretrained one.
+    """
+    import warnings
+    bar = '!' * 78
+    msg = (f'\n{bar}\n{model_name}: the official weights are not on this machine, so this '
+           f'model has RANDOM weights.\n{err}\nPass pretrained=False to ask for the random '
+           f'init without this warning, or pretrained=True to make a missing file an error.'
+           f'\n{bar}')
+    warnings.warn(msg, UserWarning, stacklevel=3)

@@ -24,8 +24,8 @@ import torch
 
 __all__ = [
     'FAMILIES', 'LAYOUTS', 'LayoutError', 'detect_layout', 'convert_state_dict',
-    'unwrap_state_dict', 'unchunk_blocks', 'dinov3_rope_periods', 'load_state_dict_file',
-    'save_state_dict_file'
+    'unwrap_state_dict', 'unchunk_blocks', 'dinov3_rope_periods', 'read_checkpoint',
+    'load_state_dict_file', 'save_state_dict_file', 'hf_config_from_state_dict'
 ]
 
 FAMILIES = ('dinov2_vit', 'dinov3_vit', 'dinov3_convnext')
@@ -456,6 +456,88 @@ def _vit_timm_to_official(sd: StateDict, family: str, head_dim: Optional[int],
     return out
 
 
+# ---------------------------------------------------------------------------- HF config
+def _dinov2_mlp_ratio(dim: int, hidden: int, swiglu: bool) -> int:
+    """The (integer: HF's config type) ``mlp_ratio`` from which HF's Dinov2 rebuilds an FFN
+    of width ``hidden``."""
+    def width(r: int) -> int:
+        h = int(dim * r)
+        return (int(h * 2 / 3) + 7) // 8 * 8 if swiglu else h
+
+    for r in range(1, 65):
+        if width(r) == hidden:
+            return r
+    raise LayoutError(f'HF Dinov2 has no integer mlp_ratio that gives an FFN width of '
+                      f'{hidden} for hidden size {dim} (swiglu={swiglu}): this architecture '
+                      f'has no HF transformers config.')
+
+
+def hf_config_from_state_dict(sd: Mapping[str, torch.Tensor], family: Optional[str] = None,
+                              head_dim: Optional[int] = None, rope_base: float = 100.0
+                              ) -> Dict[str, Any]:
+    """The ``config.json`` fields HF transformers needs to rebuild a DINO ViT.
+
+    ``sd`` is a ViT state dict in any layout. Everything is read from the tensor shapes
+    except what weights cannot tell: the head dim (64 in every released DINOv2 / DINOv3
+    ViT but the 7B's 128, or ``head_dim``), the norm eps (1e-6 for DINOv2, 1e-5 for
+    DINOv3, as released) and the DINOv3 RoPE base (``rope_base``).
+
+    Returns:
+        dict: For ``Dinov2Config`` / ``Dinov2WithRegistersConfig`` (model types
+        'dinov2' / 'dinov2_with_registers') or ``DINOv3ViTConfig`` ('dinov3_vit'), with
+        ``architectures`` set so that ``AutoModel.from_pretrained`` picks the model.
+    """
+    sd = unchunk_blocks(unwrap_state_dict(sd))
+    det_family, layout = detect_layout(sd)
+    family = family or det_family
+    if family == 'dinov3_convnext':
+        raise LayoutError('writing a HF config is only supported for the ViTs.')
+    off = sd if layout == 'official' else convert_state_dict(sd, to='official', src=layout,
+                                                             family=family, head_dim=head_dim,
+                                                             rope_base=rope_base)
+    dim = off['cls_token'].shape[-1]
+    if head_dim is None:
+        head_dim = 128 if dim == 4096 else 64
+    if dim % head_dim:
+        raise LayoutError(f'hidden size {dim} is not a multiple of the head dim {head_dim}; '
+                          f'pass the head dim of this model (--head-dim).')
+    patch = off['patch_embed.proj.weight']
+    depth = _n_blocks(off, r'^blocks\.(\d+)\.')
+    has = lambda key: f'blocks.0.{key}' in off  # noqa: E731
+    common = dict(hidden_size=int(dim), num_hidden_layers=int(depth),
+                  num_attention_heads=int(dim // head_dim), patch_size=int(patch.shape[-1]),
+                  num_channels=int(patch.shape[1]))
+    if family == 'dinov2_vit':
+        swiglu = has('mlp.w12.weight')
+        hidden = (off['blocks.0.mlp.w12.weight'].shape[0] // 2 if swiglu
+                  else off['blocks.0.mlp.fc1.weight'].shape[0])
+        grid = int(round((off['pos_embed'].shape[1] - 1) ** 0.5))
+        reg = 'register_tokens' in off
+        cfg = dict(common, mlp_ratio=_dinov2_mlp_ratio(dim, int(hidden), swiglu),
+                   hidden_act='gelu', layer_norm_eps=1e-6, image_size=grid * common['patch_size'],
+                   qkv_bias=has('attn.qkv.bias'), layerscale_value=1.0,
+                   use_swiglu_ffn=swiglu)
+        if reg:
+            cfg.update(model_type='dinov2_with_registers',
+                       architectures=['Dinov2WithRegistersModel'],
+                       num_register_tokens=int(off['register_tokens'].shape[1]))
+        else:
+            cfg.update(model_type='dinov2', architectures=['Dinov2Model'])
+        return cfg
+    gated = has('mlp.w1.weight')
+    hidden = off['blocks.0.mlp.w1.weight' if gated else 'blocks.0.mlp.fc1.weight'].shape[0]
+    qkv_bias = has('attn.qkv.bias')
+    n_storage = off['storage_tokens'].shape[1] if 'storage_tokens' in off else 0
+    return dict(common, model_type='dinov3_vit', architectures=['DINOv3ViTModel'],
+                intermediate_size=int(hidden), hidden_act='silu' if gated else 'gelu',
+                use_gated_mlp=gated, layer_norm_eps=1e-5, rope_theta=float(rope_base),
+                image_size=224, query_bias=qkv_bias, key_bias=False, value_bias=qkv_bias,
+                proj_bias=has('attn.proj.bias'),
+                mlp_bias=has('mlp.w1.bias' if gated else 'mlp.fc1.bias'),
+                layerscale_value=1.0, num_register_tokens=int(n_storage),
+                pos_embed_rescale=2.0)
+
+
 # ---------------------------------------------------------------------------- public API
 def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
                        family: Optional[str] = None, head_dim: Optional[int] = None,
@@ -522,16 +604,19 @@ def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
 _HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 
 
-def load_state_dict_file(path: str) -> Tuple[StateDict, Dict[str, Any]]:
-    """Read a backbone state dict from a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors``
-    file or a HF model directory.
+def read_checkpoint(path: str) -> Tuple[Any, Dict[str, Any]]:
+    """Read a checkpoint object from a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` file
+    or a HF model directory (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``), without unwrapping it.
+
+    Torch files go through :func:`dino_mm.engine.checkpoint.safe_torch_load` (the safe
+    unpickler, with its messages for truncated or unsafe files).
 
     Returns:
-        tuple: ``(state_dict, hf_config)``; ``hf_config`` is the directory's
-        ``config.json`` (empty for plain files). ``.pth`` files are read with
-        ``weights_only=True``.
+        tuple: ``(checkpoint, hf_config)``; ``hf_config`` is the directory's
+        ``config.json`` (empty for plain files).
     """
-    path = os.path.expanduser(str(path))
+    path = os.path.expanduser(os.fspath(path))
     config: Dict[str, Any] = {}
     if os.path.isdir(path):
         cfg_path = os.path.join(path, 'config.json')
@@ -541,22 +626,39 @@ def load_state_dict_file(path: str) -> Tuple[StateDict, Dict[str, Any]]:
         found = [os.path.join(path, n) for n in _HF_WEIGHT_FILES
                  if os.path.isfile(os.path.join(path, n))]
         if not found:
+            from dino_mm.engine.checkpoint import (CheckpointError,
+                                                   describe_checkpoint_directory,
+                                                   looks_like_sharded_checkpoint)
+            if looks_like_sharded_checkpoint(path) or not config:  # not a HF folder
+                raise CheckpointError(describe_checkpoint_directory(path))
             raise FileNotFoundError(f'{path} is a directory but holds none of '
                                     f'{_HF_WEIGHT_FILES} (sharded HF checkpoints are not '
                                     f'supported; merge them first).')
         path = found[0]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist.')
+    # Missing and empty files: one message for every loader (engine/checkpoint.py).
+    from dino_mm.engine.checkpoint import check_checkpoint_file
+    path = check_checkpoint_file(path)
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
-        return dict(load_file(path)), config
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises many types for damaged / unsafe files
-        raise LayoutError(f'cannot read {path!r} as a tensor-only checkpoint '
-                          f'(torch.load weights_only=True): {str(err).splitlines()[0]}. '
-                          f'Training checkpoints: use tools/convert/pretrain_to_backbone.py.'
-                          ) from err
+        try:
+            return dict(load_file(path)), config
+        except Exception as err:  # safetensors raises its own error types
+            raise LayoutError(f'cannot read {path!r} as a safetensors file: '
+                              f'{str(err).splitlines()[0]}.') from err
+    # Imported here: the engine pulls in MMEngine, which the converters do not need.
+    from dino_mm.engine.checkpoint import safe_torch_load
+    return safe_torch_load(path, map_location='cpu'), config
+
+
+def load_state_dict_file(path: str) -> Tuple[StateDict, Dict[str, Any]]:
+    """Read a backbone state dict from a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors``
+    file or a HF model directory (see :func:`read_checkpoint`).
+
+    Returns:
+        tuple: ``(state_dict, hf_config)``; ``hf_config`` is the directory's
+        ``config.json`` (empty for plain files).
+    """
+    obj, config = read_checkpoint(path)
     return unwrap_state_dict(obj), config
 
 

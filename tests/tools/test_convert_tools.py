@@ -139,3 +139,73 @@ def test_pretrain_to_backbone(tmp_path, capsys):
     torch.save(teacher, tmp_path / 'plain.pth')
     res = _call(capsys, EXTRACT, tmp_path / 'plain.pth', tmp_path / 'x.pth')
     assert res.returncode == 2 and 'teacher.backbone.' in res.stderr
+
+
+# name -> (dino_mm arch, extra kwargs, input size, HF class the folder must load as)
+HF_EXPORT_CASES = {
+    'dinov2': ('dinov2_vits14', dict(img_size=56), (56, 56), 'Dinov2Model'),
+    'dinov2_reg': ('dinov2_vits14_reg', dict(img_size=56), (56, 56),
+                   'Dinov2WithRegistersModel'),
+    'dinov2_swiglu': ('dinov2_vitg14', dict(img_size=56), (56, 56), 'Dinov2Model'),
+    'dinov3': ('dinov3_vits16', {}, (64, 48), 'DINOv3ViTModel'),
+    'dinov3_swiglu': ('dinov3_vits16plus', {}, (48, 64), 'DINOv3ViTModel'),
+}
+
+
+@pytest.mark.parametrize('case', list(HF_EXPORT_CASES))
+def test_convert_to_hf_writes_a_folder_transformers_loads(tmp_path, capsys, case):
+    """``--to hf`` writes config.json: ``from_pretrained(out)`` rebuilds the model with no
+    missing or unexpected weights and gives the outputs of a HF model built by hand."""
+    tf = pytest.importorskip('transformers')
+    arch, extra, size, cls_name = HF_EXPORT_CASES[case]
+    ref = DinoVisionTransformer(arch=arch, embed_dim=D, depth=L, num_heads=H, **extra).eval()
+    sd = _randomised(ref, seed=7)
+    if not arch.startswith('dinov3'):
+        sd['blocks.0.attn.qkv.bias'][D:2 * D].normal_()  # DINOv2 keeps its k-bias
+    ref.load_state_dict(sd)
+    src = tmp_path / 'official.pth'
+    torch.save(sd, src)
+    out = tmp_path / 'hf_out'
+    res = _call(capsys, CONVERT, src, out, '--to', 'hf', '--head-dim', D // H)
+    assert res.returncode == 0, res.stderr
+    assert (out / 'config.json').is_file() and (out / 'model.safetensors').is_file()
+    assert 'from_pretrained' in res.stdout
+
+    model, info = tf.AutoModel.from_pretrained(str(out), output_loading_info=True)
+    assert type(model).__name__ == cls_name
+    assert not any(info.values()), info  # no missing / unexpected / mismatched keys
+    # Oracle: the same tensors in a HF model configured by hand.
+    from dino_mm.models.converters import convert_state_dict
+    hf_sd = convert_state_dict(sd, to='hf')
+    if arch.startswith('dinov2'):
+        cfg_cls = tf.Dinov2WithRegistersConfig if case == 'dinov2_reg' else tf.Dinov2Config
+        cfg = cfg_cls(hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                      image_size=56, patch_size=14, mlp_ratio=4, layer_norm_eps=1e-6,
+                      use_swiglu_ffn=case == 'dinov2_swiglu')
+        by_hand = getattr(tf, cls_name)(cfg)
+    else:
+        gated = case == 'dinov3_swiglu'
+        cfg = tf.DINOv3ViTConfig(
+            hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+            intermediate_size=hf_sd['model.layer.0.mlp.up_proj.weight'].shape[0],
+            use_gated_mlp=gated, hidden_act='silu' if gated else 'gelu',
+            num_register_tokens=4, layer_norm_eps=1e-5)
+        by_hand = tf.DINOv3ViTModel(cfg)
+    by_hand.load_state_dict(hf_sd, strict=True)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = model.eval()(pixel_values=x).last_hidden_state
+        want = by_hand.eval()(pixel_values=x).last_hidden_state
+        mine = ref.forward_features(x)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    n_patch = mine['x_norm_patchtokens'].shape[1]
+    torch.testing.assert_close(got[:, 0], mine['x_norm_clstoken'], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[:, -n_patch:], mine['x_norm_patchtokens'], atol=1e-4,
+                               rtol=0)
+    # ... and the folder loads back into dino_mm exactly (hub weights=).
+    import dino_mm
+    back = getattr(dino_mm.hub, arch)(weights=str(out), embed_dim=D, depth=L, num_heads=H,
+                                      **extra)
+    with torch.no_grad():
+        torch.testing.assert_close(back.forward_features(x)['x_norm_patchtokens'],
+                                   mine['x_norm_patchtokens'], atol=0, rtol=0)

@@ -13,8 +13,19 @@ The source layout and model family are detected from the key names (``--from aut
 DST is written atomically (DST.tmp, then renamed). A DST directory receives
 ``model.safetensors``; a ``.safetensors`` name is written with safetensors, any other
 name with ``torch.save``.
+
+``--to hf`` for a ViT writes a HF model folder that ``transformers`` loads with
+``AutoModel.from_pretrained(DST)`` (``Dinov2Model`` / ``Dinov2WithRegistersModel`` /
+``DINOv3ViTModel``): DST is a folder (created when it has no file suffix) that receives
+``model.safetensors`` and a ``config.json`` built from the architecture (sizes from the
+tensor shapes; the head dim is 64, 128 for the 7B, or ``--head-dim``). A DST file named
+``model.safetensors`` / ``pytorch_model.bin`` gets the ``config.json`` next to it.
+
+    python tools/convert/convert_checkpoint.py dinov2_vits14_pretrain.pth vits14_hf/ --to hf
 """
 import argparse
+import json
+import os
 import os.path as osp
 import sys
 
@@ -39,8 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+    from dino_mm.engine.checkpoint import CheckpointError
     from dino_mm.models.converters import (LayoutError, convert_state_dict, detect_layout,
-                                           load_state_dict_file, save_state_dict_file)
+                                           hf_config_from_state_dict, load_state_dict_file,
+                                           save_state_dict_file)
+    config_path = None
     try:
         sd, config = load_state_dict_file(args.src)
         head_dim, rope_base = args.head_dim, 100.0
@@ -51,12 +65,31 @@ def main(argv=None) -> int:
         family, layout = detect_layout(sd)
         out = convert_state_dict(sd, to=args.dst_layout, src=args.src_layout,
                                  family=args.family, head_dim=head_dim, rope_base=rope_base)
-        written = save_state_dict_file(out, args.dst)
-    except (LayoutError, FileNotFoundError, KeyError) as err:
+        dst = osp.expanduser(args.dst)
+        hf_config = None
+        if args.dst_layout == 'hf' and (args.family or family) != 'dinov3_convnext':
+            hf_config = hf_config_from_state_dict(sd, family=args.family, head_dim=head_dim,
+                                                  rope_base=rope_base)
+            if not osp.splitext(dst.rstrip('/'))[1]:
+                os.makedirs(dst, exist_ok=True)  # a HF model folder
+        written = save_state_dict_file(out, dst)
+        if hf_config is not None and osp.basename(written) in ('model.safetensors',
+                                                               'pytorch_model.bin'):
+            config_path = osp.join(osp.dirname(written), 'config.json')
+            with open(config_path + '.tmp', 'w') as f:
+                json.dump(hf_config, f, indent=2, sort_keys=True)
+            os.replace(config_path + '.tmp', config_path)
+    except (LayoutError, CheckpointError, FileNotFoundError, KeyError) as err:
         print(f'error: {args.src}: {err}', file=sys.stderr)
         return 2
     print(f'{args.src}: {family} ({layout}, {len(sd)} tensors) -> {args.dst_layout} '
           f'({len(out)} tensors) written to {written}')
+    if config_path is not None:
+        print(f'HF config ({hf_config["model_type"]}) written to {config_path}: '
+              f'transformers.AutoModel.from_pretrained({osp.dirname(written)!r}) loads it')
+    elif hf_config is not None:
+        print(f'note: no config.json written; to load with transformers '
+              f'(from_pretrained), give a folder as DST instead of {args.dst!r}')
     return 0
 
 

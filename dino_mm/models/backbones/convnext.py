@@ -212,9 +212,21 @@ class DinoConvNeXt(BaseModule):
                 m.reset_parameters()
 
     def init_weights(self) -> None:
-        """Official random init, or what ``init_cfg`` asks for (e.g. a checkpoint)."""
-        if self.init_cfg is None:
+        """Official random init, or what ``init_cfg`` asks for.
+
+        ``dict(type='Pretrained', checkpoint=PATH, prefix=None)`` loads the checkpoint
+        strictly with :func:`~dino_mm.models.backbones.utils.load_checkpoint_strict`
+        (official, HF transformers or timm layout; a file or a HF model folder).
+        """
+        cfg = self.init_cfg
+        if cfg is None:
             self._official_init()
+        elif isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            if 'checkpoint' not in cfg:
+                raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
+            from .utils import load_checkpoint_strict
+            load_checkpoint_strict(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
+            self._is_init = True
         else:
             super().init_weights()
         self._freeze_stages()

@@ -1,4 +1,4 @@
-"""Strict loading of official-layout backbone checkpoints."""
+"""Strict loading of backbone checkpoints (official, HF transformers or timm layout)."""
 import os
 import re
 from collections import OrderedDict
@@ -7,7 +7,8 @@ from typing import Dict, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ['load_checkpoint_strict', 'unwrap_state_dict', 'flatten_block_chunks']
+__all__ = ['load_checkpoint_strict', 'unwrap_state_dict', 'flatten_block_chunks',
+           'to_official_layout', 'read_backbone_checkpoint']
 
 _WRAPPER_KEYS = ('state_dict', 'model', 'teacher', 'module')
 _STRIP_PREFIXES = ('module.', 'backbone.')
@@ -65,22 +66,97 @@ def _describe(keys: Iterable[str], shapes: Mapping[str, torch.Size], limit: int 
     return '\n'.join(lines)
 
 
+def _model_layout_hints(model: nn.Module) -> dict:
+    """Family and arch facts the layout converter needs that HF / timm files do not store."""
+    version = getattr(model, 'version', None)
+    if version in ('v2', 'v3'):
+        arch = getattr(model, 'arch_settings', {}) or {}
+        hints = dict(family='dinov2_vit' if version == 'v2' else 'dinov3_vit',
+                     head_dim=model.embed_dim // model.num_heads)
+        if version == 'v3':
+            hints['qkv_bias'] = bool(arch.get('qkv_bias', True))
+            if arch.get('pos_embed_rope_base'):
+                hints['rope_base'] = float(arch['pos_embed_rope_base'])
+        return hints
+    if type(model).__name__ == 'DinoConvNeXt':
+        return dict(family='dinov3_convnext')
+    return {}
+
+
+def to_official_layout(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
+                       ) -> tuple:
+    """Convert a HF transformers / timm backbone state dict to the official layout.
+
+    State dicts already in ``model``'s own keys (official layout), and those whose layout
+    is not recognised, are returned unchanged (strict loading then names the mismatch).
+
+    Returns:
+        tuple: ``(state_dict, layout)``; ``layout`` is the detected source layout
+        ('official', 'hf', 'timm') or None when it was not recognised.
+    """
+    from dino_mm.models.converters import LayoutError, convert_state_dict, detect_layout
+    target = {_CHUNKED.sub(r'blocks.\1.', k) for k in model.state_dict()}
+    if set(state_dict) == target:
+        return state_dict, 'official'
+    try:
+        family, layout = detect_layout(state_dict)
+    except LayoutError:
+        return state_dict, None
+    if layout == 'official':
+        return state_dict, layout
+    hints = _model_layout_hints(model)
+    if hints.get('family', family) != family and 'dinov3_convnext' in (family, hints['family']):
+        return state_dict, layout  # a ConvNeXt file for a ViT (or back): strict load says so
+    try:
+        official = convert_state_dict(state_dict, to='official', src=layout, **hints)
+    except LayoutError:
+        return state_dict, layout
+    periods = model.state_dict().get('rope_embed.periods')
+    if periods is not None and 'rope_embed.periods' in official:
+        # Not learned: a function of the arch, which the HF / timm files do not record.
+        official['rope_embed.periods'] = periods.detach().clone()
+    return OrderedDict(official), layout
+
+
+def read_backbone_checkpoint(path: Union[str, os.PathLike]):
+    """Read a backbone checkpoint object from a file or a HF model folder.
+
+    ``.safetensors`` files and HF folders (``config.json`` + ``model.safetensors`` /
+    ``pytorch_model.bin``) are read directly; torch files with the safe unpickler
+    (:func:`dino_mm.engine.checkpoint.safe_torch_load`).
+    """
+    from dino_mm.models.converters import read_checkpoint
+    source = os.path.expanduser(os.fspath(path))
+    if not (os.path.isfile(source) or os.path.isdir(source)):
+        raise FileNotFoundError(f'Checkpoint file {source!r} does not exist.')
+    return read_checkpoint(source)[0]
+
+
 def load_checkpoint_strict(model: nn.Module,
                            path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
                            prefix: Optional[str] = None, strict: bool = True,
                            map_location='cpu') -> Dict[str, list]:
-    """Load an official-layout checkpoint into ``model``, failing loudly on mismatch.
+    """Load a backbone checkpoint into ``model``, failing loudly on mismatch.
 
-    The file is read with ``torch.load(weights_only=True)``. Wrappers and 'module.' /
-    'backbone.' prefixes are removed, and ``blocks.{c}.{i}`` (chunked, FSDP) and
-    ``blocks.{i}`` (flat) layouts are converted to whichever the model uses.
+    This is the one backbone loader of dino_mm (hub ``weights=``, ``init_cfg=dict(
+    type='Pretrained')``, ``backbone_checkpoint`` of the evaluations). It accepts:
+
+    * a ``.pth`` / ``.pt`` / ``.bin`` file (read with the safe unpickler), a
+      ``.safetensors`` file, a HF model folder (``config.json`` + ``model.safetensors``),
+      or a state dict;
+    * the official, HF transformers or timm layout (detected from the key names and
+      converted exactly with :mod:`dino_mm.models.converters`);
+    * wrappers and 'module.' / 'backbone.' prefixes (removed), and ``blocks.{c}.{i}``
+      (chunked, FSDP) and ``blocks.{i}`` (flat) layouts, converted to whichever the
+      model uses.
 
     Args:
         model (nn.Module): Target model.
-        path_or_state_dict (str | PathLike | Mapping): File path or state dict.
+        path_or_state_dict (str | PathLike | Mapping): File / folder path or state dict.
         prefix (str, optional): Only load keys under this prefix (e.g. 'backbone.').
         strict (bool): Raise on missing / unexpected / mis-shaped keys. Defaults to True.
-        map_location: Passed to ``torch.load``. Defaults to 'cpu'.
+        map_location: Ignored (tensors are loaded on the CPU, then copied into the
+            model). Kept for backward compatibility.
 
     Returns:
         dict: ``missing_keys`` and ``unexpected_keys`` (empty when strict).
@@ -88,16 +164,11 @@ def load_checkpoint_strict(model: nn.Module,
     source = 'the given state dict'
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = os.fspath(path_or_state_dict)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f'Checkpoint file {source!r} does not exist.')
-        try:
-            obj = torch.load(source, map_location=map_location, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - re-raised with the file name
-            raise RuntimeError(f'Could not read checkpoint {source!r} with '
-                               f'torch.load(weights_only=True): {e}') from e
+        obj = read_backbone_checkpoint(source)
     else:
         obj = path_or_state_dict
     ckpt = flatten_block_chunks(unwrap_state_dict(obj, prefix))
+    ckpt, layout = to_official_layout(model, ckpt)
 
     target = model.state_dict()
     flat_to_model = {_CHUNKED.sub(r'blocks.\1.', k): k for k in target}
@@ -111,7 +182,9 @@ def load_checkpoint_strict(model: nn.Module,
     missing = [k for k in target if k not in mapped]
     mis_shaped = [k for k, v in mapped.items() if v.shape != model_shapes[k]]
     if strict and (missing or unexpected or mis_shaped):
-        parts = [f'Checkpoint {source} does not match {type(model).__name__}:']
+        read_as = (f' (read as the {layout} layout and converted to the official one)'
+                   if layout in ('hf', 'timm') else '')
+        parts = [f'Checkpoint {source}{read_as} does not match {type(model).__name__}:']
         if missing:
             parts.append(f'  missing keys ({len(missing)}):\n' + _describe(missing, model_shapes))
         if unexpected:

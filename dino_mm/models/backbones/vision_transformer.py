@@ -90,6 +90,50 @@ class BlockChunk(nn.ModuleList):
         return x
 
 
+def _exporting() -> bool:
+    """True under ``torch.jit.trace`` / ``torch.onnx.export``, where sizes are traced."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def _bicubic_matrix(n_out: torch.Tensor, n_in: int, scale: torch.Tensor,
+                    antialias: bool) -> torch.Tensor:
+    """(n_out, n_in) matrix of 1-D bicubic resizing, as ``F.interpolate`` computes it.
+
+    ``scale`` is input / output (float64 tensor). Without antialias: 4 taps around
+    ``scale * (i + 0.5) - 0.5``, Keys kernel a = -0.75, border indices replicated. With
+    antialias: the kernel (a = -0.5) is stretched by ``max(scale, 1)`` around
+    ``scale * (i + 0.5)``, cut at the border and normalised to sum 1.
+    """
+    i = torch.arange(n_out).to(torch.float64)
+    j = torch.arange(n_in).to(torch.float64)
+    if not antialias:
+        a = -0.75
+        real = scale * (i + 0.5) - 0.5
+        base = torch.floor(real)
+        t = real - base
+
+        def near(d):  # |d| <= 1
+            return ((a + 2) * d - (a + 3)) * d * d + 1
+
+        def far(d):  # 1 < |d| < 2
+            return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+        taps = (far(t + 1), near(t), near(1 - t), far(2 - t))
+        mat = torch.zeros_like(i)[:, None] * j[None, :]
+        for k, weight in enumerate(taps):
+            idx = torch.clamp(base + (k - 1), 0, n_in - 1)
+            mat = mat + weight[:, None] * (idx[:, None] == j[None, :]).to(torch.float64)
+        return mat.to(torch.float32)
+    a = -0.5
+    center = scale * (i + 0.5)
+    stretch = torch.clamp(scale, min=1.0)
+    d = torch.abs((j[None, :] - center[:, None] + 0.5) / stretch)
+    kernel = torch.where(d < 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                         torch.where(d < 2, (((d - 5) * d + 8) * d - 4) * a,
+                                     torch.zeros_like(d)))
+    return (kernel / kernel.sum(dim=1, keepdim=True)).to(torch.float32)
+
+
 @MODELS.register_module()
 class DinoVisionTransformer(BaseModule):
     """DINOv2 / DINOv3 ViT backbone with official keys and forward API.
@@ -145,8 +189,14 @@ class DinoVisionTransformer(BaseModule):
         with_cp (bool): Gradient checkpointing per block. Defaults to False.
         use_xformers (bool): Use xFormers on CUDA when installed. Defaults to True.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH,
-            prefix=None)`` loads an official-layout file strictly in :meth:`init_weights`.
+            prefix=None)`` loads a checkpoint strictly in :meth:`init_weights` (official,
+            HF transformers or timm layout; a file or a HF model folder, see
+            :func:`~dino_mm.models.backbones.utils.load_checkpoint_strict`).
     """
+
+    #: :meth:`interpolate_pos_encoding` follows traced sizes, so exported graphs (TorchScript
+    #: trace, ONNX) of DINOv2 work at every input size (see :mod:`dino_mm.apis.export`).
+    traceable_pos_embed = True
 
     def __init__(self, arch: Union[str, dict] = 'dinov2_vitb14', *,
                  img_size: Optional[int] = None, patch_size: Optional[int] = None,
@@ -377,7 +427,7 @@ class DinoVisionTransformer(BaseModule):
         if not isinstance(checkpoint, (str, os.PathLike)):
             return checkpoint  # e.g. a state dict
         checkpoint = os.fspath(checkpoint)
-        if os.path.isfile(os.path.expanduser(checkpoint)):
+        if os.path.exists(os.path.expanduser(checkpoint)):  # a file or a HF model folder
             return os.path.expanduser(checkpoint)
         # Imported here: dino_mm.hub builds on this module.
         from dino_mm.hub.backbones import BACKBONE_WEIGHTS
@@ -435,7 +485,15 @@ class DinoVisionTransformer(BaseModule):
 
     # ------------------------------------------------------------------ tokens
     def interpolate_pos_encoding(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Position embedding for an ``h`` x ``w`` image (v2), official interpolation."""
+        """Position embedding for an ``h`` x ``w`` image (v2), official interpolation.
+
+        While tracing (``torch.jit.trace``, ``torch.onnx.export``) the same interpolation
+        is computed with tensor arithmetic on the traced sizes
+        (:meth:`_interpolate_pos_encoding_traceable`), so one exported graph serves every
+        input size.
+        """
+        if _exporting():
+            return self._interpolate_pos_encoding_traceable(x, h, w)
         n_patch = x.shape[1] - 1
         n_stored = self.pos_embed.shape[1] - 1
         # Early return only when both the count and squareness match (official rule).
@@ -466,6 +524,40 @@ class DinoVisionTransformer(BaseModule):
                                f'expected {(h0, w0)}.')
         grid = grid.permute(0, 2, 3, 1).reshape(1, h0 * w0, -1)
         return torch.cat([pos[:, :1], grid], dim=1).to(dtype)
+
+    def _interpolate_pos_encoding_traceable(self, x: torch.Tensor, h, w) -> torch.Tensor:
+        """:meth:`interpolate_pos_encoding` as tensor operations on (possibly traced) sizes.
+
+        Bicubic resizing is separable and linear in the grid, so it is written as
+        ``A_h @ grid @ A_w^T`` with interpolation matrices built from ``arange`` of the
+        output size: the sampling positions of ``F.interpolate`` (scale-factor based with
+        ``interpolate_offset``, size based and antialiased otherwise) and its cubic
+        kernels. Equal to the eager path up to float rounding (~1e-7).
+        """
+        n_stored = self.pos_embed.shape[1] - 1
+        M = int(math.sqrt(n_stored))
+        if M * M != n_stored:
+            raise ValueError(f'pos_embed holds {n_stored} patch positions, not a square grid.')
+        h, w = torch.as_tensor(h), torch.as_tensor(w)
+        h0, w0 = h // self.patch_size, w // self.patch_size
+        pos = self.pos_embed.float()
+        # The official early return (same patch count, square image) as a selection.
+        same = ((torch.as_tensor(x.shape[1]) - 1) == n_stored) & (h == w)
+        mats = []
+        for n_out in (h0, w0):
+            if self.interpolate_offset:
+                # F.interpolate with scale_factor s samples at (i + 0.5) / s - 0.5.
+                scale = M / (n_out.to(torch.float64) + self.interpolate_offset)
+                mat = _bicubic_matrix(n_out, M, scale, antialias=False)
+            else:
+                scale = M / n_out.to(torch.float64)
+                mat = _bicubic_matrix(n_out, M, scale, antialias=self.interpolate_antialias)
+            eye = (torch.arange(n_out)[:, None] == torch.arange(M)[None, :]).to(mat.dtype)
+            mats.append(torch.where(same, eye, mat))
+        grid = pos[:, 1:].reshape(1, M, M, -1).permute(0, 3, 1, 2)
+        grid = torch.matmul(torch.matmul(mats[0], grid), mats[1].transpose(0, 1))
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])
+        return torch.cat([pos[:, :1], grid], dim=1).to(x.dtype)
 
     def prepare_tokens_with_masks(self, x: torch.Tensor, masks: Optional[torch.Tensor] = None
                                   ) -> Tuple[torch.Tensor, Tuple[int, int]]:
