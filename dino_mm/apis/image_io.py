@@ -48,10 +48,14 @@ def load_image(image: ImageLike, name: Optional[str] = None) -> np.ndarray:
                 f'resolved from {os.getcwd()!r}).')
         if osp.isdir(path):
             raise ValueError(f'Expected an image file but {path!r} is a directory.')
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
+
+        from dino_mm.utils.image_bits import open_image_8bit
         try:
-            with Image.open(path) as pil:
-                array = np.asarray(pil.convert('RGB'))
+            with open(path, 'rb') as f:
+                data = f.read()
+            # 16-bit PNGs / TIFFs are scaled to 8 bits (PIL alone would clip them to 255)
+            array = np.asarray(open_image_8bit(data).convert('RGB'))
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ValueError(
                 f'Cannot read {path!r} as an image ({type(err).__name__}: {err}). Give a '
@@ -63,7 +67,10 @@ def load_image(image: ImageLike, name: Optional[str] = None) -> np.ndarray:
         raise ValueError(f'Image {label} must have shape (H, W), (H, W, 3) or (H, W, 4); '
                          f'got {array.shape}.')
     array = array[..., :3]
-    if array.dtype != np.uint8:
+    if array.dtype == np.uint16:  # the full 16-bit range, as for 16-bit image files
+        from dino_mm.utils.image_bits import scale_16_to_8
+        array = scale_16_to_8(array)
+    elif array.dtype != np.uint8:
         if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
             array = array * 255.0
         array = np.clip(np.round(array), 0, 255).astype(np.uint8)

@@ -11,13 +11,28 @@ from mmengine.config import Config, ConfigDict
 
 def apply_common_args(cfg: Config, config_path: str, work_dir: Optional[str],
                       launcher: str) -> Config:
-    """Apply ``--work-dir`` and ``--launcher`` the way mmpretrain/mmseg tools do."""
+    """Apply ``--work-dir`` and ``--launcher`` the way mmpretrain/mmseg tools do.
+
+    A launched run (``launcher != 'none'``) also gets a
+    :class:`~dino_mm.engine.hooks.ParentProcessWatchHook`, so that its ranks stop when
+    the launcher (torchrun agent, srun step) dies instead of running on as orphans.
+    """
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    if launcher != 'none':
+        ensure_parent_watch_hook(cfg)
     return cfg
+
+
+def ensure_parent_watch_hook(cfg: Config) -> None:
+    """Add ``dino_mm.ParentProcessWatchHook`` to ``custom_hooks`` unless it is there."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(str(h.get('type', '')).endswith('ParentProcessWatchHook') for h in hooks):
+        hooks.append(dict(type='dino_mm.ParentProcessWatchHook'))
+    cfg.custom_hooks = hooks
 
 
 def ensure_plain_checkpoint_hook(cfg: Config) -> None:
@@ -69,3 +84,38 @@ def setup_cpu_distributed(cfg: Config) -> None:
     if 'DistributedDataParallel' in str(wrapper.get('type', '')):
         wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
+
+
+def resolve_auto_resume(cfg: Config) -> Optional[str]:
+    """``--resume`` without a path: pick the checkpoint, falling back past a bad pointer.
+
+    MMEngine resumes from whatever ``<work_dir>/last_checkpoint`` names and fails with
+    ``Checkpoint file "" does not exist`` when that file is empty or names a file that is
+    gone, although other checkpoints are there. Here such a pointer is passed over for the
+    newest readable checkpoint with finite weights in the work dir (and the checkpoint
+    hook's ``out_dir``), and the choice is logged. Sets ``cfg.load_from`` / ``cfg.resume``.
+
+    Returns:
+        str | None: The checkpoint resumed from (None: nothing to resume, a fresh start).
+    """
+    import logging
+
+    from mmengine.logging import print_log
+
+    from dino_mm.engine.checkpoint import find_resume_checkpoint
+    hook = (cfg.get('default_hooks', None) or {}).get('checkpoint', None) or {}
+    tmpls = [hook['filename_tmpl']] if hook.get('filename_tmpl') else ['iter_{}.pth',
+                                                                        'epoch_{}.pth']
+    dirs = []
+    if hook.get('out_dir'):  # CheckpointHook writes to <out_dir>/<basename of work_dir>
+        dirs.append(osp.join(hook['out_dir'], osp.basename(osp.normpath(cfg.work_dir))))
+    path, notes = find_resume_checkpoint(cfg.work_dir, dirs, tmpls)
+    cfg.resume = path is not None
+    cfg.load_from = path
+    if notes:
+        where = (f'resuming from "{path}", the newest checkpoint with finite weights'
+                 if path else 'no usable checkpoint was found, so training starts from '
+                 'scratch')
+        print_log(f'--resume: {"; ".join(notes)}; {where}.', logger='current',
+                  level=logging.WARNING)
+    return path

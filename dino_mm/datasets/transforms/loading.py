@@ -6,6 +6,7 @@ from mmengine.fileio import get as fileio_get
 from PIL import Image, UnidentifiedImageError
 
 from dino_mm.registry import TRANSFORMS
+from dino_mm.utils.image_bits import HIGH_BIT_DEPTH_MODES, open_image_8bit
 
 __all__ = ['CorruptImageError', 'LoadImagePIL', 'decode_image_pil']
 
@@ -20,6 +21,11 @@ class CorruptImageError(OSError):
 def decode_image_pil(data: bytes, source: str, mode: str = 'RGB') -> Image.Image:
     """Decode encoded image bytes to a fully loaded PIL image in ``mode``.
 
+    16-bit images (grayscale, RGB, RGBA) are scaled to 8 bits by their full range
+    (``round(v * 255 / 65535)``, see :mod:`dino_mm.utils.image_bits`) before the
+    conversion, instead of PIL clipping them to 255. A 16/32-bit target ``mode``
+    (``'I'``, ``'I;16'``, ``'F'``) keeps the raw values.
+
     Args:
         data (bytes): Encoded image.
         source (str): Where the bytes come from, for the error message.
@@ -29,7 +35,10 @@ def decode_image_pil(data: bytes, source: str, mode: str = 'RGB') -> Image.Image
         PIL.Image.Image: The decoded image.
     """
     try:
-        img = Image.open(io.BytesIO(data))
+        if mode in HIGH_BIT_DEPTH_MODES:
+            img = Image.open(io.BytesIO(data))
+        else:
+            img = open_image_8bit(data)
         # convert() forces the full decode, so truncated files fail here, not later.
         return img.convert(mode)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
