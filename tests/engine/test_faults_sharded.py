@@ -20,12 +20,13 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from dino_mm.engine.checkpoint import CheckpointError
 from dino_mm.engine.fsdp import (DINOFSDPStrategy, load_sharded_checkpoint,
                                  read_sharded_state_dict, save_sharded_checkpoint,
                                  shard_dino_model)
+
+from tests.engine.tiny_models import tiny_dino
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 _MD = 'torch.distributed.checkpoint.metadata'
@@ -107,35 +108,11 @@ def test_payloads_work_when_unpickled_unrestricted(tmp_path):
 
 
 # ------------------------------------------------------------------ a real checkpoint
-@pytest.fixture(scope='module')
-def group():
-    if dist.is_initialized():
-        pytest.skip('a process group already exists in this test process')
-    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def _dino(seed=0):
-    from dino_mm.models.algorithms.dinov2 import DINOv2
-    from dino_mm.models.backbones.vision_transformer import DinoVisionTransformer
-    from dino_mm.registry import MODELS
-    try:
-        import mmcv  # noqa: F401
-    except ImportError:
-        MODELS._imported = True
-    torch.manual_seed(seed)
-    backbone = DinoVisionTransformer(arch='dinov2_vits14', patch_size=8, img_size=32,
-                                     embed_dim=32, depth=2, num_heads=2, block_chunks=2)
-    head = dict(type='dino_mm.DINOHead', out_dim=16, hidden_dim=32, bottleneck_dim=16)
-    return DINOv2(backbone=backbone, dino_head=head, koleo_loss_weight=0.0)
-
-
 def _strategy(work_dir, seed=0):
     from mmengine.logging import MMLogger
     from mmengine.optim import OptimWrapper
     strategy = DINOFSDPStrategy(mixed_precision=None, work_dir=str(work_dir))
-    strategy.model = shard_dino_model(_dino(seed))
+    strategy.model = shard_dino_model(tiny_dino(seed, perturb_student=False))
     strategy.optim_wrapper = OptimWrapper(
         torch.optim.AdamW(strategy.model.parameters(), lr=1e-3))
     strategy.logger = MMLogger.get_instance('test_faults_sharded')

@@ -8,47 +8,20 @@ import pickle
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from dino_mm.engine.checkpoint import CheckpointError
 from dino_mm.engine.fsdp import (DINOFSDPStrategy, fsdp_update_teacher, is_sharded_checkpoint,
                                  load_sharded_checkpoint, read_sharded_state_dict,
                                  save_sharded_checkpoint, shard_dino_model)
 
+from tests.engine.tiny_models import tiny_dino
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-@pytest.fixture(scope='module')
-def group():
-    if dist.is_initialized():
-        pytest.skip('a process group already exists in this test process')
-    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def _dino(seed=0):
-    from dino_mm.models.algorithms.dinov2 import DINOv2
-    from dino_mm.models.backbones.vision_transformer import DinoVisionTransformer
-    from dino_mm.registry import MODELS
-    try:
-        import mmcv  # noqa: F401
-    except ImportError:  # MODELS' locations include the mmseg glue; DINO parts are loaded
-        MODELS._imported = True
-    torch.manual_seed(seed)
-    backbone = DinoVisionTransformer(arch='dinov2_vits14', patch_size=8, img_size=32,
-                                     embed_dim=32, depth=2, num_heads=2, block_chunks=2)
-    head = dict(type='dino_mm.DINOHead', out_dim=16, hidden_dim=32, bottleneck_dim=16)
-    model = DINOv2(backbone=backbone, dino_head=head, koleo_loss_weight=0.0)
-    with torch.no_grad():  # make student != teacher so the EMA has something to do
-        for p in model.student.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    return model
 
 
 def test_shard_keeps_names_and_mixed_precision(group):
     from torch.distributed.tensor import DTensor
-    model = _dino()
+    model = tiny_dino()
     names = [n for n, _ in model.named_parameters()]
     mp = dict(student=dict(backbone=dict(param_dtype='bf16', reduce_dtype='fp32')),
               teacher=dict(backbone=dict(param_dtype='bf16')))
@@ -69,7 +42,7 @@ def test_shard_keeps_names_and_mixed_precision(group):
 
 
 def test_shard_local_teacher_update_equals_unsharded(group):
-    ref, model = _dino(), _dino()
+    ref, model = tiny_dino(), tiny_dino()
     shard_dino_model(model)
     with torch.no_grad():  # the teacher forward leaves FSDP roots gathered
         model.teacher.backbone.forward_features(torch.randn(2, 3, 32, 32))
@@ -85,9 +58,9 @@ def test_shard_local_teacher_update_equals_unsharded(group):
 
 def test_bad_config_errors(group):
     with pytest.raises(KeyError, match='mixed_precision'):
-        shard_dino_model(_dino(), mixed_precision=dict(students={}))
+        shard_dino_model(tiny_dino(), mixed_precision=dict(students={}))
     with pytest.raises(ValueError, match='param_dtype'):
-        shard_dino_model(_dino(), mixed_precision=dict(student=dict(
+        shard_dino_model(tiny_dino(), mixed_precision=dict(student=dict(
             backbone=dict(param_dtype='fp8'))))
     with pytest.raises(TypeError, match='student'):
         shard_dino_model(torch.nn.Linear(2, 2))
@@ -97,7 +70,7 @@ def test_bad_config_errors(group):
 
 def test_sharded_checkpoint_roundtrip_atomic_and_safe(group, tmp_path):
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
-    model = _dino()
+    model = tiny_dino()
     shard_dino_model(model)
     path = str(tmp_path / 'iter_1.pth')
     save_sharded_checkpoint(path, {'model': get_model_state_dict(model)},
@@ -109,7 +82,7 @@ def test_sharded_checkpoint_roundtrip_atomic_and_safe(group, tmp_path):
     # overwrite in place (same name) and reload into a differently initialised model
     save_sharded_checkpoint(path, {'model': get_model_state_dict(model)},
                             {'meta': {'iter': 1}})
-    other = _dino(seed=1)
+    other = tiny_dino(seed=1)
     shard_dino_model(other)
     state = {'model': get_model_state_dict(other)}
     meta = load_sharded_checkpoint(path, state)

@@ -4,19 +4,9 @@ The 2-rank equality with a single process is checked in tests/pretrain/test_dist
 """
 import pytest
 import torch
-import torch.distributed as dist
 from mmengine.optim import OptimWrapper
 
 from dino_mm.engine.model_wrappers import DINODistributedDataParallel
-
-
-@pytest.fixture(scope='module')
-def group():
-    if dist.is_initialized():
-        pytest.skip('a process group already exists in this test process')
-    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def _model(clip_grad):
