@@ -11,5 +11,5 @@ _base_ = [
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
     backbone=dict(arch='dinov3_vit7b16', out_indices=[9, 19, 29, 39], frozen_stages=-1,
-                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vit7b16_pretrain_lvd1689m.pth')),
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth')),
     neck=dict(in_channels=4096))

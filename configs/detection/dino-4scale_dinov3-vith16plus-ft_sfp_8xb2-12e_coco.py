@@ -9,5 +9,5 @@ _base_ = [
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
     backbone=dict(arch='dinov3_vith16plus', out_indices=[7, 15, 23, 31], frozen_stages=-1,
-                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vith16plus_pretrain_lvd1689m.pth')),
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth')),
     neck=dict(in_channels=1280))

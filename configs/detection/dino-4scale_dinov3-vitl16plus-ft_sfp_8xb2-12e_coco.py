@@ -9,5 +9,5 @@ _base_ = [
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
     backbone=dict(arch='dinov3_vitl16plus', out_indices=[5, 11, 17, 23], frozen_stages=-1,
-                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vitl16plus_pretrain_lvd1689m.pth')),
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vitl16plus_pretrain_lvd1689m-46503df0.pth')),
     neck=dict(in_channels=1024))

@@ -9,5 +9,5 @@ _base_ = [
 model = dict(
     data_preprocessor=dict(pad_size_divisor=64),
     backbone=dict(arch='dinov3_vits16', out_indices=[2, 5, 8, 11], frozen_stages=-1,
-                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vits16_pretrain_lvd1689m.pth')),
+                  init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth')),
     neck=dict(in_channels=384))
