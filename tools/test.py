@@ -30,7 +30,10 @@ def parse_args(argv=None):
     parser.add_argument('--tta', action='store_true', help='use test-time augmentation')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
-        help='override config entries, e.g. test_dataloader.batch_size=4')
+        help='override config entries, e.g. test_dataloader.batch_size=4. Keys are checked '
+        'first: a top-level key the config lacks, or an argument the class of a typed entry '
+        '(hook, model part, metric) does not take, is an error. Prefix a key with "+" to add '
+        'a new entry on purpose (+my_key=1).')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -77,10 +80,16 @@ def main(argv=None):
     cfg = Config.fromfile(args.config)
     apply_common_args(cfg, args.config, args.work_dir, args.launcher)
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        from dino_mm.engine.config_checks import ConfigError, validate_cfg_options
+        try:
+            cfg.merge_from_dict(validate_cfg_options(cfg, args.cfg_options))
+        except ConfigError as err:
+            print(f'error: {args.config}: {err}', file=sys.stderr)
+            raise SystemExit(2) from None
     checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
-    if checkpoint is not None and not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'Checkpoint "{checkpoint}" does not exist.')
+    if checkpoint is not None:
+        from dino_mm.engine.checkpoint import check_checkpoint_file
+        checkpoint = check_checkpoint_file(checkpoint)  # missing, a directory, empty
     if (checkpoint is not None and 'backbone_checkpoint' in cfg.model
             and not str(cfg.model.get('type', '')).endswith('LinearProbeGrid')):
         # Frozen-feature evaluations (kNN, logistic regression) take an official-layout

@@ -35,7 +35,10 @@ def parse_args(argv=None):
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override config entries, e.g. train_cfg.max_iters=10 '
-        'model.backbone.arch=dinov2_vits14')
+        'model.backbone.arch=dinov2_vits14. Keys are checked before training: a top-level '
+        'key the config lacks, or an argument the class of a typed entry (hook, model part, '
+        'scheduler) does not take, is an error. Prefix a key with "+" to add a new entry '
+        'on purpose (+my_key=1).')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -80,7 +83,8 @@ def merge_args(cfg, args):
     if args.no_persistent_workers:
         set_loader_flag('persistent_workers', False)
     if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+        from dino_mm.engine.config_checks import validate_cfg_options
+        cfg.merge_from_dict(validate_cfg_options(cfg, args.cfg_options))
     ensure_plain_checkpoint_hook(cfg)
     return cfg
 
@@ -91,11 +95,20 @@ def main(argv=None):
     from dino_mm.utils import register_all_modules
     register_all_modules(init_default_scope=False)
     cfg = Config.fromfile(args.config)
-    cfg = merge_args(cfg, args)
+    from dino_mm.engine.config_checks import ConfigError, check_training_length
+    try:
+        cfg = merge_args(cfg, args)
+        check_training_length(cfg)
+    except ConfigError as err:
+        print(f'error: {args.config}: {err}', file=sys.stderr)
+        raise SystemExit(2) from None
     from dino_mm.utils.scope import add_prefix_scopes
     add_prefix_scopes(cfg)  # 'mmseg.X' is built in the mmseg scope, etc.
     locked = lock_work_dir_or_exit(cfg)  # before anything is written into the work dir
     try:
+        if args.resume == 'auto':  # under the lock: no other run writes checkpoints now
+            from dino_mm.engine.runner_utils import resolve_auto_resume
+            resolve_auto_resume(cfg)
         setup_cpu_distributed(cfg)
         if 'runner_type' not in cfg:
             runner = Runner.from_cfg(cfg)

@@ -35,6 +35,7 @@ import os.path as osp
 import pickle
 import re
 import tempfile
+import time
 import zipfile
 from collections import Counter, OrderedDict, deque
 from contextlib import contextmanager
@@ -58,7 +59,9 @@ __all__ = [
     'AtomicLocalBackend', 'atomic_write_bytes', 'atomic_torch_save', 'safe_torch_load',
     'to_plain', 'from_plain', 'CheckpointError', 'PlainCheckpointHook',
     'NonFiniteWeightsError', 'SafeCheckpointHook', 'find_non_finite_tensors',
-    'check_checkpoint_matches_model', 'describe_key_prefixes'
+    'check_checkpoint_matches_model', 'describe_key_prefixes', 'check_checkpoint_file',
+    'describe_checkpoint_directory', 'looks_like_sharded_checkpoint',
+    'find_resume_checkpoint', 'clean_stale_temporary_files'
 ]
 
 _TYPE_KEY = '__dino_mm_type__'
@@ -244,6 +247,160 @@ def _corrupt_message(filename: str, err: BaseException) -> str:
             f'the "last_checkpoint" file in the work dir.')
 
 
+def _empty_message(filename: str) -> str:
+    return (f'Checkpoint file "{filename}" is empty (0 bytes), so it is truncated or '
+            f'corrupt: nothing was written into it (a job killed as it began to save, a '
+            f'full disk, or a failed copy / download). Delete it, then copy or download '
+            f'the file again, or resume from an earlier checkpoint (`--resume PATH` with '
+            f'the previous iter_*.pth, or fix the "last_checkpoint" file of the work dir).')
+
+
+def looks_like_sharded_checkpoint(path: str) -> bool:
+    """A DCP folder (``DINOFSDPStrategy`` checkpoint): ``.metadata`` or ``*.distcp``."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return '.metadata' in names or any(n.endswith('.distcp') for n in names)
+
+
+def describe_checkpoint_directory(path: str) -> str:
+    """The message for a directory given where a checkpoint file is expected."""
+    path = str(path)
+    if looks_like_sharded_checkpoint(path):
+        return (f'Checkpoint "{path}" is a directory, not a checkpoint file: a sharded '
+                f'(FSDP / DCP) checkpoint folder written by dino_mm.DINOFSDPStrategy. '
+                f'Resume it with the same FSDP config, or consolidate it into one file '
+                f'first: `python tools/convert/consolidate_sharded.py {path} backbone.pth '
+                f'--full model.pth` (backbone.pth: the backbone in the official layout; '
+                f'model.pth: the whole model, for load_from / tools/test.py).')
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as err:
+        names, unreadable = [], f' (its content cannot be listed: {err})'
+    else:
+        unreadable = ''
+    files = [n for n in names if n.endswith(('.pth', '.pt', '.bin', '.safetensors'))
+             and osp.isfile(osp.join(path, n))]
+    if 'config.json' in names and files:
+        what = (f'It looks like a HF transformers model folder: load it with '
+                f'tools/convert/convert_checkpoint.py {path} OUT.pth, or pass '
+                f'"{osp.join(path, files[0])}".')
+    elif files:
+        what = (f'Pass one of the checkpoint files in it instead, e.g. '
+                f'"{osp.join(path, files[-1])}".')
+    else:
+        shown = ', '.join(names[:6]) + (', ...' if len(names) > 6 else '')
+        what = (f'It holds no checkpoint file ({shown or "it is empty"}){unreadable}: '
+                f'pass the path of a checkpoint file.')
+    return f'Checkpoint "{path}" is a directory, not a checkpoint file. {what}'
+
+
+def check_checkpoint_file(filename: str) -> str:
+    """Fail early, with the right message, for a path that cannot be a checkpoint file.
+
+    Returns:
+        str: ``filename`` (user-expanded).
+
+    Raises:
+        FileNotFoundError: Nothing exists at ``filename``.
+        CheckpointError: ``filename`` is a directory (sharded checkpoint folders are
+            named as such) or an empty file.
+    """
+    filename = osp.expanduser(str(filename))
+    if osp.isdir(filename):
+        raise CheckpointError(describe_checkpoint_directory(filename))
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'Checkpoint file "{filename}" does not exist.')
+    if osp.getsize(filename) == 0:
+        raise CheckpointError(_empty_message(filename))
+    return filename
+
+
+_GLOBAL_NAME = re.compile(r'GLOBAL ([A-Za-z_][\w.]*)\.([A-Za-z_][\w.]*) was not an allowed')
+_PICKLE_PROTO = b'\x80'
+
+
+def _head(filename: str, n: int = 512) -> bytes:
+    with open(filename, 'rb') as f:
+        return f.read(n)
+
+
+def _is_torch_zip(filename: str) -> bool:
+    try:
+        with zipfile.ZipFile(filename) as zf:
+            return any(n.endswith('/data.pkl') or n == 'data.pkl' for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _as_text(head: bytes) -> Optional[str]:
+    """The start of the file as text, or None when it is binary."""
+    if not head or b'\x00' in head or head.startswith(_PICKLE_PROTO):
+        return None
+    for cut in range(4):  # a multi-byte character may be split at the end
+        try:
+            text = head[:len(head) - cut].decode('utf-8')
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return None
+    printable = sum(ch.isprintable() or ch in '\n\r\t' for ch in text)
+    return text if printable >= 0.95 * len(text) else None
+
+
+def _holds_pickled_objects(filename: str, err: BaseException) -> Optional[str]:
+    """The refused global when ``filename`` is a real pickle / torch file, else None.
+
+    Only a file that parses as a pickle up to a ``GLOBAL`` the safe unpickler refuses
+    holds Python objects; garbage (a text file, random bytes) can make the unpickler
+    report an "unsupported operand" or a nonsense global, which is no reason to suggest
+    the unsafe loader.
+    """
+    text = str(err)
+    match = _GLOBAL_NAME.search(text)
+    if match is not None and (_is_torch_zip(filename)
+                              or _head(filename, 1) == _PICKLE_PROTO
+                              or _as_text(_head(filename)) is None):
+        return f'{match.group(1)}.{match.group(2)}'
+    return None
+
+
+def _unreadable_message(filename: str, err: BaseException) -> str:
+    """The message for a file the safe loader could not read (not a refused global)."""
+    head = _head(filename)
+    text = _as_text(head)
+    size = osp.getsize(filename)
+    if text is not None and text.startswith('version https://git-lfs'):
+        return (f'Checkpoint file "{filename}" ({size} bytes) is a Git LFS pointer, a '
+                f'small text file that stands for the real checkpoint, not a checkpoint: '
+                f'fetch the real file (`git lfs pull` in its repository) or download it '
+                f'again.')
+    if text is not None:
+        first = text.strip().splitlines()[0][:80] if text.strip() else ''
+        return (f'Checkpoint file "{filename}" ({size} bytes) is not a checkpoint: it is '
+                f'a text file (it starts with {first!r}), not one written by torch.save. '
+                f'Check the path (a config, a log or an error page saved by a failed '
+                f'download?) and pass a checkpoint (.pth) file.')
+    if head.startswith(_PICKLE_PROTO) and not _is_torch_zip(filename) and \
+            'Unsupported operand' in str(err) and len(head) > 1 and 2 <= head[1] <= 5:
+        return (f'Checkpoint file "{filename}" ({size} bytes) is a plain Python pickle '
+                f'(protocol {head[1]}, written by pickle.dump, not torch.save), which the '
+                f'safe loader cannot read. If you trust the file, set {UNSAFE_ENV}=1 to load '
+                f'it with the full unpickler, or re-save it with torch.save / '
+                f'dino_mm.engine.checkpoint.atomic_torch_save.')
+    reason = str(err).strip().splitlines()
+    detail = EOFError('unexpected end of data') if not reason else err
+    if 'Weights only load failed' in str(err):  # keep only torch's actual complaint
+        tail = [line for line in reason if line.strip().startswith('Unsupported')]
+        detail = pickle.UnpicklingError(' '.join(line.strip() for line in tail)
+                                        or 'not a pickle')
+    return (_corrupt_message(filename, detail) +
+            ' (If the file was not written by torch.save at all, it is not a checkpoint: '
+            'check the path.)')
+
+
 def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.device,
                                                        None] = 'cpu') -> Any:
     """Load a checkpoint with the safe unpickler, with clear errors.
@@ -257,14 +414,12 @@ def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.devi
 
     Raises:
         FileNotFoundError: The file does not exist.
-        CheckpointError: The file is truncated / corrupt, or holds objects the safe
-            unpickler rejects (the message names the global and the opt-in switch).
+        CheckpointError: The path is a directory (e.g. a sharded checkpoint folder), the
+            file is empty, truncated / corrupt or no checkpoint at all (e.g. a text
+            file), or it holds objects the safe unpickler rejects (only then does the
+            message name the global and the opt-in switch).
     """
-    filename = osp.expanduser(str(filename))
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'Checkpoint file "{filename}" does not exist.')
-    if osp.getsize(filename) == 0:
-        raise CheckpointError(_corrupt_message(filename, EOFError('empty file')))
+    filename = check_checkpoint_file(filename)
     with open(filename, 'rb') as f:
         magic = f.read(4)
     if magic[:2] == b'PK' and not zipfile.is_zipfile(filename):
@@ -278,19 +433,18 @@ def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.devi
             with _allow_legacy_globals():
                 ckpt = torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        text = str(err)
-        if 'Weights only load failed' in text or 'Unsupported global' in text:
-            first = [line for line in text.splitlines() if 'GLOBAL' in line]
-            detail = first[0].strip() if first else text.splitlines()[0]
+        refused = None if trusted else _holds_pickled_objects(filename, err)
+        if refused is not None:
             raise CheckpointError(
                 f'Checkpoint file "{filename}" contains Python objects that the safe '
-                f'loader (torch.load weights_only=True) refuses: {detail}. dino_mm writes '
-                f'checkpoints that load safely; this one was written elsewhere. If you '
-                f'trust the file, set {UNSAFE_ENV}=1 to load it with the full unpickler, '
-                f'or re-save it with dino_mm.engine.checkpoint.atomic_torch_save.') from err
-        raise CheckpointError(_corrupt_message(filename, err)) from err
+                f'loader (torch.load weights_only=True) refuses: GLOBAL {refused}. '
+                f'dino_mm writes checkpoints that load safely; this one was written '
+                f'elsewhere. If you trust the file, set {UNSAFE_ENV}=1 to load it with the '
+                f'full unpickler, or re-save it with '
+                f'dino_mm.engine.checkpoint.atomic_torch_save.') from err
+        raise CheckpointError(_unreadable_message(filename, err)) from err
     except Exception as err:  # torch raises many types for damaged files
-        raise CheckpointError(_corrupt_message(filename, err)) from err
+        raise CheckpointError(_unreadable_message(filename, err)) from err
     return from_plain(ckpt)
 
 
@@ -532,6 +686,140 @@ def _loaded_from(checkpoint: Any) -> Optional[str]:
     return path if ident == id(checkpoint) else None
 
 
+# ----------------------------------------------------- work-dir housekeeping (resume)
+# ``atomic_write_bytes`` names its temporary files ``.<target>.<8 chars of mkstemp>.tmp``;
+# the FSDP strategy writes a sharded checkpoint into ``<target>.tmp/`` first.
+_ATOMIC_TMP = re.compile(r'^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$')
+_DCP_TMP = re.compile(r'^(?P<target>.+)\.tmp$')
+_DCP_ENTRY = re.compile(r'^((__\d+)?\.metadata(\.tmp)?|__\d+_\d+\.distcp|meta\.pth|'
+                        r'\.meta\.pth\.[a-z0-9_]{8}\.tmp)$')
+
+
+def _is_stale_dcp_tmp(path: str) -> bool:
+    """A ``<ckpt>.tmp`` folder holding only what ``save_sharded_checkpoint`` writes."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return all(_DCP_ENTRY.match(n) for n in names)
+
+
+def clean_stale_temporary_files(folders: Iterable[str], older_than: float) -> List[str]:
+    """Remove what killed checkpoint saves left behind in ``folders``; return the paths.
+
+    Only entries in the checkpoint writers' own naming schemes are touched, and only
+    when they were last modified before ``older_than`` (the start of the current run,
+    ``time.time()``), so that no file a live writer holds is removed: the temporary
+    files of :func:`atomic_write_bytes` (``.iter_20.pth.k3j_x9a2.tmp``) and the
+    ``iter_20.pth.tmp/`` folders of a sharded (DCP) save. (A killed sharded save may
+    also leave ``iter_N.pth.old/``, the previous copy of the checkpoint: it is kept.)
+
+    Args:
+        folders (Iterable[str]): Work dir / checkpoint dirs (missing ones are skipped).
+        older_than (float): Only entries with an older modification time are removed.
+    """
+    removed = []
+    seen = set()
+    for folder in folders:
+        if not folder or not osp.isdir(folder) or osp.realpath(folder) in seen:
+            continue
+        seen.add(osp.realpath(folder))
+        for name in sorted(os.listdir(folder)):
+            path = osp.join(folder, name)
+            try:
+                if osp.islink(path) or osp.getmtime(path) >= older_than:
+                    continue
+                if osp.isfile(path) and _ATOMIC_TMP.match(name):
+                    os.unlink(path)
+                elif (osp.isdir(path) and _DCP_TMP.match(name) and not name.startswith('.')
+                      and _is_stale_dcp_tmp(path)):
+                    import shutil
+                    shutil.rmtree(path)
+                else:
+                    continue
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove
+            removed.append(path)
+    return removed
+
+
+def _finite_checkpoint(path: str) -> Tuple[bool, str]:
+    """``(usable, why not)`` for a resume candidate: readable, with finite tensors."""
+    if osp.isdir(path):
+        if looks_like_sharded_checkpoint(path) and osp.isfile(osp.join(path, 'meta.pth')):
+            return True, ''
+        return False, 'not a complete sharded checkpoint folder'
+    try:
+        ckpt = safe_torch_load(path)
+    except (CheckpointError, OSError) as err:
+        return False, str(err).split('. ')[0]
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get('state_dict'), Mapping):
+        return False, 'no state_dict in it'
+    bad = []
+
+    def walk(obj, name):
+        if isinstance(obj, torch.Tensor):
+            if (obj.is_floating_point() or obj.is_complex()) and obj.numel() and \
+                    not bool(torch.isfinite(obj).all()):
+                bad.append(name)
+        elif isinstance(obj, Mapping):
+            for k, v in obj.items():
+                walk(v, f'{name}.{k}' if name else str(k))
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f'{name}.{i}')
+
+    walk(ckpt['state_dict'], 'state_dict')
+    walk(ckpt.get('optimizer', {}), 'optimizer')
+    if bad:
+        return False, f'{len(bad)} tensor(s) hold NaN / Inf (e.g. {bad[0]})'
+    return True, ''
+
+
+def find_resume_checkpoint(work_dir: str, checkpoint_dirs: Iterable[str] = (),
+                           filename_tmpls: Iterable[str] = ('iter_{}.pth', 'epoch_{}.pth')
+                           ) -> Tuple[Optional[str], List[str]]:
+    """The checkpoint ``--resume`` (without a path) should continue from.
+
+    The file ``<work_dir>/last_checkpoint`` names, when that is an existing checkpoint.
+    Otherwise (no pointer, an empty one, or one naming a missing file) the newest
+    checkpoint of ``work_dir`` / ``checkpoint_dirs`` (highest number in one of
+    ``filename_tmpls``) that is readable and whose weights and optimizer state are
+    finite (sharded folders: complete ones).
+
+    Returns:
+        tuple: ``(path or None, notes)``; ``notes`` says why the pointer was not used and
+        which newer candidates were skipped, for the log.
+    """
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    notes: List[str] = []
+    if osp.isfile(pointer):
+        with open(pointer, encoding='utf-8', errors='replace') as f:
+            named = f.read().strip()
+        if named and (osp.isfile(named) or osp.isdir(named)):
+            return named, notes
+        notes.append(f'"{pointer}" is empty' if not named else
+                     f'"{pointer}" names "{named}", which does not exist')
+    patterns = [re.compile('^' + re.escape(t).replace(r'\{\}', r'(\d+)') + '$')
+                for t in filename_tmpls]
+    candidates = []
+    for folder in [work_dir, *checkpoint_dirs]:
+        if not folder or not osp.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            for pattern in patterns:
+                match = pattern.match(name)
+                if match:
+                    path = osp.join(folder, name)
+                    candidates.append((int(match.group(1)), osp.getmtime(path), path))
+    for _, _, path in sorted(set(candidates), reverse=True):
+        usable, why = _finite_checkpoint(path)
+        if usable:
+            return path, notes
+        notes.append(f'skipped "{path}": {why}')
+    return None, notes
+
+
 # ------------------------------------------------------------------ checkpoint hook
 def _remove_checkpoint(backend, path: str) -> None:
     if backend.isfile(path):
@@ -567,11 +855,18 @@ class SafeCheckpointHook(CheckpointHook):
             Defaults to 0.5.
         strict_test_load (bool): In test / val runs, fail when a parameter is missing
             from the loaded checkpoint. Defaults to True.
+        clean_stale_tmp (bool): Before training, remove the temporary files / folders
+            that killed saves left in the work dir and the checkpoint dir (see
+            :func:`clean_stale_temporary_files`), logging each. Defaults to True.
         **kwargs: The arguments of :class:`mmengine.hooks.CheckpointHook`.
     """
 
     def __init__(self, *args, check_finite: bool = True, min_loaded_fraction: float = 0.5,
-                 strict_test_load: bool = True, **kwargs) -> None:
+                 strict_test_load: bool = True, clean_stale_tmp: bool = True,
+                 **kwargs) -> None:
+        # Anything a save of this run writes is newer: older temporaries are stale.
+        self._created = time.time()
+        self.clean_stale_tmp = clean_stale_tmp
         super().__init__(*args, **kwargs)
         if not 0.0 <= float(min_loaded_fraction) <= 1.0:
             raise ValueError(f'CheckpointHook: min_loaded_fraction must be in [0, 1], got '
@@ -579,6 +874,18 @@ class SafeCheckpointHook(CheckpointHook):
         self.check_finite = check_finite
         self.min_loaded_fraction = float(min_loaded_fraction)
         self.strict_test_load = strict_test_load
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)  # resolves self.out_dir
+        if not (self.clean_stale_tmp and is_main_process()):
+            return
+        if not isinstance(self.file_backend, LocalBackend):
+            return
+        for path in clean_stale_temporary_files([runner.work_dir, self.out_dir],
+                                                older_than=self._created):
+            runner.logger.warning(
+                f'Removed "{path}": a temporary file of a checkpoint save that was killed '
+                f'before it completed (the checkpoints themselves are untouched).')
 
     # ------------------------------------------------------------------ saving
     def _last_good_checkpoint(self, runner) -> Optional[str]:

@@ -16,10 +16,13 @@ iteration ``it`` (0-based, ``runner.iter`` inside the hooks) is ``schedule[it]``
 MMEngine builds a parameter scheduler by calling ``step()`` once (``last_step`` 0) and
 steps it after every iteration, so ``last_step == it`` when iteration ``it`` runs.
 """
+import inspect
+import logging
 import math
 from typing import List, Optional
 
 from mmengine.dist import get_world_size
+from mmengine.logging import print_log
 from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 from torch.optim import Optimizer
 
@@ -150,6 +153,42 @@ def scale_lr(base_lr: float,
     return SCALING_RULES[scaling_rule](float(base_lr), int(batch_size_per_gpu) * world_size)
 
 
+def _warn_if_overriding(optimizer, param_name: str, schedule_values, base_value: float,
+                        final_value: float) -> None:
+    """Warn when the optimizer was given an explicit ``param_name`` the schedule replaces.
+
+    The scheduler sets every group's value from the first iteration on, so an optimizer
+    value (``optim_wrapper.optimizer.lr=...``) that is not one the schedule takes is
+    silently dead. Values equal to the optimizer class's own default count as not set.
+    """
+    opt = getattr(optimizer, 'optimizer', optimizer)  # OptimWrapper or torch optimizer
+    defaults = getattr(opt, 'defaults', None) or {}
+    if param_name not in defaults:
+        return
+    value = defaults[param_name]
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return
+    try:
+        implicit = inspect.signature(type(opt).__init__).parameters[param_name].default
+    except (KeyError, TypeError, ValueError):
+        implicit = inspect.Parameter.empty
+    if implicit is not inspect.Parameter.empty and isinstance(implicit, (int, float)) \
+            and math.isclose(value, float(implicit), rel_tol=1e-9, abs_tol=0.0):
+        return
+    if any(math.isclose(value, float(v), rel_tol=1e-6, abs_tol=1e-12) for v in schedule_values):
+        return
+    print_log(
+        f'DINOCosineParamScheduler(param_name={param_name!r}) overrides the optimizer\'s '
+        f'{param_name}={value:g} (optim_wrapper.optimizer.{param_name}): every param group '
+        f'follows the schedule instead (base_value={base_value:g}, final_value='
+        f'{final_value:g}), so that value is never used. To change the {param_name}, set '
+        f'param_scheduler[...].base_value / final_value of this scheduler; set the '
+        f'optimizer\'s {param_name} to the base_value to silence this warning.',
+        logger='current', level=logging.WARNING)
+
+
 @PARAM_SCHEDULERS.register_module()
 class DINOCosineParamScheduler(_ParamScheduler):
     """Official DINO lr / weight-decay schedule as an MMEngine parameter scheduler.
@@ -219,11 +258,23 @@ class DINOCosineParamScheduler(_ParamScheduler):
                              'with freeze_iters / warmup_iters instead.')
         if freeze_last_layer_iters and param_name != 'lr':
             raise ValueError('freeze_last_layer_iters only applies to param_name="lr".')
+        for name, value in (('base_value', base_value), ('final_value', final_value),
+                            ('start_warmup_value', start_warmup_value)):
+            if not math.isfinite(float(value)) or float(value) < 0:
+                raise ValueError(
+                    f'DINOCosineParamScheduler(param_name={param_name!r}): {name}={value!r} '
+                    f'is not a valid {param_name}: a negative (or non-finite) '
+                    f'{param_name} makes the optimizer ascend the loss / grow the weights. '
+                    f'Set param_scheduler[...].{name} to a value >= 0.')
+        given = float(base_value)
         if scaling_rule is not None:
             if batch_size_per_gpu is None:
                 raise ValueError(f'scaling_rule={scaling_rule!r} needs batch_size_per_gpu '
                                  '(the per-process batch size of the train dataloader).')
             base_value = scale_lr(base_value, scaling_rule, batch_size_per_gpu)
+        _warn_if_overriding(optimizer, param_name,
+                            (given, base_value, final_value, start_warmup_value),
+                            base_value, final_value)
         self.schedule = CosineSchedule(base_value, final_value, total_iters, warmup_iters,
                                        start_warmup_value, freeze_iters)
         self.last_layer_schedule = CosineSchedule(

@@ -7,7 +7,6 @@
 * Official *backbone* files (official ViT keys such as ``blocks.0.attn.qkv.weight``)
   can be merged in under ``backbone.`` so that one file drives ``tools/test.py``.
 """
-import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, Mapping, Optional, Union
@@ -32,16 +31,10 @@ def load_state_dict_file(path: str) -> StateDict:
     Returns:
         dict: Flat name -> tensor mapping.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Checkpoint file {path!r} does not exist.')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise RuntimeError(
-            f'Could not load {path!r} with torch.load(weights_only=True): {err}. '
-            'If you trust the file, re-save its state_dict with plain tensors '
-            '(torch.save(torch.load(path, weights_only=False)["state_dict"], new_path)).'
-        ) from err
+    # The shared safe loader: its messages name missing, empty, directory, text, truncated
+    # and unsafe files (and only for the last suggest the trusted loader).
+    from dino_mm.engine.checkpoint import safe_torch_load
+    obj = safe_torch_load(path, map_location='cpu')
     for key in ('state_dict', 'model'):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
