@@ -34,9 +34,13 @@ def _hw(text: str) -> Tuple[int, int]:
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arch', default='dinov2_vits14')
+    parser.add_argument('--arch', default=None,
+                        help='official backbone name (default: the architecture recorded in '
+                        '--weights, else dinov2_vits14)')
     parser.add_argument('--weights', default=None,
-                        help='local official checkpoint (random init with a warning if absent)')
+                        help='local official checkpoint, or a file exported by '
+                        'tools/convert/pretrain_to_backbone.py (random init with a warning '
+                        'if absent)')
     parser.add_argument('--override', nargs='*', default=None, metavar='KEY=VALUE')
     parser.add_argument('--out', required=True,
                         help='output path without extension (.pt / .onnx are added)')
@@ -100,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     + (f" ({report['onnx']['dynamic_error']})"
                        if 'dynamic_error' in report['onnx'] else '') + '.')
         print(f'error: the exported {fmt} model ({report[fmt]["path"]}) differs from the '
-              f'eager {args.arch} by more than --atol={args.atol} (inf: it cannot run that '
+              f'eager {args.arch or "backbone"} by more than --atol={args.atol} (inf: it cannot run that '
               f'size) at {bad}.{hint}', file=sys.stderr)
     return report
 

@@ -31,11 +31,15 @@ def add_model_args(parser: argparse.ArgumentParser, default_size: Optional[int] 
                    ) -> argparse.ArgumentParser:
     """Add ``--arch --weights --size --layer --device --override --pixel-features``."""
     group = parser.add_argument_group('model')
-    group.add_argument('--arch', default='dinov2_vits14',
-                       help='official backbone name, e.g. dinov2_vits14 or dinov3_vitb16')
+    group.add_argument('--arch', default=None,
+                       help='official backbone name, e.g. dinov2_vits14 or dinov3_vitb16 '
+                       '(default: the architecture recorded in --weights, as written by '
+                       'tools/convert/pretrain_to_backbone.py, else dinov2_vits14)')
     group.add_argument('--weights', default=None,
-                       help='local checkpoint in the official key layout; without it the '
-                       'backbone is randomly initialised (a warning is printed)')
+                       help='local checkpoint (official, HF or timm layout, or a file '
+                       'exported by tools/convert/pretrain_to_backbone.py, whose recorded '
+                       'architecture is used); without it the backbone is randomly '
+                       'initialised (a warning is printed)')
     group.add_argument('--size', type=int, default=default_size,
                        help='shorter image side in pixels before rounding to whole '
                        'patches (default: %(default)s)')

@@ -189,14 +189,17 @@ class BackboneFeatures(PatchFeatureExtractor):
         return feats.float().cpu()
 
 
-def build_backbone(arch: str = 'dinov2_vits14', weights: Optional[str] = None,
+def build_backbone(arch: Optional[str] = None, weights: Optional[str] = None,
                    device: Any = 'cpu', **overrides: Any) -> nn.Module:
     """Build a dino_mm backbone by official name and load a local official checkpoint.
 
     Args:
-        arch (str): Official name (``'dinov2_vits14'``, ``'dinov3_vitb16'``, ...).
+        arch (str, optional): Official name (``'dinov2_vits14'``, ``'dinov3_vitb16'``, ...).
+            None: the arch recorded in ``weights`` (files written by
+            ``tools/convert/pretrain_to_backbone.py``), else ``'dinov2_vits14'``.
         weights (str, optional): Path of a local checkpoint (official, HF transformers or
-            timm layout; a file or a HF model folder).
+            timm layout; a file or a HF model folder). Its recorded architecture (if any)
+            is used, ``overrides`` on top.
             None keeps the random initialisation and logs a warning, because features of
             a random backbone are noise. Defaults to None.
         device (str | torch.device): Device. Defaults to 'cpu'.
@@ -205,6 +208,16 @@ def build_backbone(arch: str = 'dinov2_vits14', weights: Optional[str] = None,
     Returns:
         nn.Module: The backbone in eval mode.
     """
+    if weights is not None:
+        if not osp.exists(weights):  # a file or a HF model folder
+            raise FileNotFoundError(f'Checkpoint not found: {weights!r}. Download the '
+                                    f'official {arch or "backbone"} weights and pass their '
+                                    'local path.')
+    if weights is not None and 'convnext' not in (arch or ''):
+        from dino_mm.models.backbones import build_backbone_from_file
+        return build_backbone_from_file(weights, arch=arch, default_arch='dinov2_vits14',
+                                        **overrides).to(device).eval()
+    arch = arch or 'dinov2_vits14'
     try:
         from dino_mm import hub
         constructor = getattr(hub, arch, None)
@@ -226,10 +239,7 @@ def build_backbone(arch: str = 'dinov2_vits14', weights: Optional[str] = None,
         print_log(f'No --weights given: {arch} is randomly initialised, so its features '
                   f'are noise. Pass a local official checkpoint for meaningful output.',
                   logger='current', level=logging.WARNING)
-    else:
-        if not osp.exists(weights):  # a file or a HF model folder
-            raise FileNotFoundError(f'Checkpoint not found: {weights!r}. Download the '
-                                    f'official {arch} weights and pass their local path.')
+    else:  # ConvNeXt
         from dino_mm.models.backbones import load_checkpoint_strict
         load_checkpoint_strict(model, weights)
     return model.to(device).eval()

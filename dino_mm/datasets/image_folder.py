@@ -51,7 +51,10 @@ class ImageFolderDataset(SkipCorruptMixin, BaseDataset):
     def load_data_list(self) -> List[dict]:
         root = self.data_root
         if not os.path.isdir(root):
-            raise FileNotFoundError(f'ImageFolderDataset: data_root "{root}" is not a folder.')
+            raise FileNotFoundError(
+                f'ImageFolderDataset: data_root "{root}" is not a folder. In a config, set '
+                'it with --cfg-options train_dataloader.dataset.data_root=/path/to/images '
+                '(a top-level data_root=... does not reach an already-built dataset dict).')
         paths = []
         for dirpath, dirnames, files in os.walk(root, followlinks=self.follow_links):
             dirnames.sort()

@@ -117,8 +117,9 @@ def dump_imagenet_extra(root: str, extra: str,
     class id and name from line ``i`` for the ``i``-th sorted class folder, so both agree
     for the usual sorted ``labels.txt``). A class of ``labels.txt`` whose folder is empty
     or missing keeps its index (a ``UserWarning`` names it) instead of shifting every
-    later class; for a subset, list only its classes in ``labels.txt``. Unlike the official code the TEST entries come from
-    the files present in ``test/`` (the official one assumes all 100,000).
+    later class; for a subset, list only its classes in ``labels.txt``. Unlike the
+    official code the TEST entries come from the files present in ``test/`` (the
+    official one assumes all 100,000).
 
     Args:
         root (str): ImageNet root with ``train/``, ``val/``, ``test/``, ``labels.txt``.

@@ -36,7 +36,9 @@ class FrozenFeatureModel(BaseModel):
             (the official evaluations use fp16 on GPU). Defaults to None (off).
         backbone_checkpoint (str, optional): Official-layout backbone file (or a
             training checkpoint with a 'backbone.' prefix), loaded strictly at
-            construction. Defaults to None.
+            construction. A file exported by ``tools/convert/pretrain_to_backbone.py``
+            records its architecture, which replaces ``backbone``'s architecture
+            arguments. Defaults to None.
         data_preprocessor (dict, optional): E.g. ``dict(type='ImgDataPreprocessor', ...)``.
         init_cfg (dict, optional): MMEngine init config.
     """
@@ -48,11 +50,17 @@ class FrozenFeatureModel(BaseModel):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        ckpt = backbone_checkpoint
+        if backbone_checkpoint is not None and isinstance(backbone, dict):
+            # The architecture the file records (tools/convert/pretrain_to_backbone.py)
+            # replaces the config's; the file is read once.
+            from dino_mm.models.backbones.utils import backbone_cfg_for_file
+            backbone, ckpt = backbone_cfg_for_file(backbone, backbone_checkpoint)
         self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
         if backbone_checkpoint is not None:
             # Loaded here, not through init_cfg: Runner.test() never calls init_weights.
             from dino_mm.models.backbones import load_checkpoint_strict
-            load_checkpoint_strict(self.backbone, backbone_checkpoint)
+            load_checkpoint_strict(self.backbone, ckpt, source=str(backbone_checkpoint))
         self.backbone.requires_grad_(False)
         if isinstance(autocast_dtype, str):
             autocast_dtype = getattr(torch, autocast_dtype)

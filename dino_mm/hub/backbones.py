@@ -13,7 +13,7 @@ import os.path as osp
 import re
 from typing import Optional
 
-from dino_mm.models.backbones import DinoVisionTransformer, load_checkpoint_strict
+from dino_mm.models.backbones import DinoVisionTransformer, build_backbone_from_file
 from .utils import resolve_weights, warn_random_init
 
 __all__ = [
@@ -58,9 +58,10 @@ def _make(name: str, pretrained: Optional[bool], weights: Optional[str],
         match = re.search(r'-([0-9a-f]{8})\.pth$', osp.basename(path))
         if name == 'dinov3_vitl16' and match and match.group(1) in _UNTIED_LOCAL_NORM_HASHES:
             kwargs.setdefault('untie_global_and_local_cls_norm', True)
-    model = DinoVisionTransformer(name, **kwargs)
-    if path is not None:
-        load_checkpoint_strict(model, path)
+    if path is not None:  # the file's recorded architecture (if any), kwargs on top
+        model = build_backbone_from_file(path, arch=name, **kwargs)
+    else:
+        model = DinoVisionTransformer(name, **kwargs)
     model.eval()
     return model
 

@@ -25,8 +25,45 @@ import torch
 __all__ = [
     'FAMILIES', 'LAYOUTS', 'LayoutError', 'detect_layout', 'convert_state_dict',
     'unwrap_state_dict', 'unchunk_blocks', 'dinov3_rope_periods', 'read_checkpoint',
-    'load_state_dict_file', 'save_state_dict_file', 'hf_config_from_state_dict'
+    'load_state_dict_file', 'save_state_dict_file', 'hf_config_from_state_dict', 'ARCH_KEY',
+    'ARCH_ARGS', 'read_arch_record'
 ]
+
+#: Top-level key (``.pth``) / metadata key (``.safetensors``) of the architecture record of
+#: an exported backbone file: ``{'arch': 'dinov2_vits14', 'embed_dim': 96, ...}``, the
+#: ``DinoVisionTransformer`` arguments, plain values only (``weights_only=True`` reads it).
+ARCH_KEY = 'dino_mm_arch'
+#: ``DinoVisionTransformer`` arguments that shape the weights (kept in the record).
+ARCH_ARGS = (
+    'img_size', 'patch_size', 'in_channels', 'embed_dim', 'depth', 'num_heads', 'ffn_ratio',
+    'ffn_layer', 'qkv_bias', 'proj_bias', 'ffn_bias', 'layerscale_init', 'norm_layer',
+    'num_register_tokens', 'interpolate_antialias', 'interpolate_offset', 'mask_k_bias',
+    'untie_cls_and_patch_norms', 'untie_global_and_local_cls_norm', 'pos_embed_rope_base',
+    'pos_embed_rope_min_period', 'pos_embed_rope_max_period',
+    'pos_embed_rope_normalize_coords', 'pos_embed_rope_shift_coords',
+    'pos_embed_rope_jitter_coords', 'pos_embed_rope_rescale_coords', 'pos_embed_rope_dtype',
+    'mlp_ratio', 'init_values', 'n_storage_tokens', 'in_chans')
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def read_arch_record(obj: Any, source: str = 'the checkpoint') -> Optional[Dict[str, Any]]:
+    """The architecture record (:data:`ARCH_KEY`) of a checkpoint object, or None.
+
+    Raises:
+        LayoutError: the record is there but is not ``{'arch': str, ARCH_ARGS...: plain}``.
+    """
+    if not isinstance(obj, Mapping) or ARCH_KEY not in obj:
+        return None
+    rec = obj[ARCH_KEY]
+    if not isinstance(rec, Mapping) or not isinstance(rec.get('arch'), str):
+        raise LayoutError(f'{source}: {ARCH_KEY!r} must be a dict with a str "arch" '
+                          f'(e.g. "dinov2_vits14"); got {rec!r}.')
+    bad = [k for k, v in rec.items() if k != 'arch' and (
+        k not in ARCH_ARGS or not isinstance(v, _PLAIN + (list, tuple)))]
+    if bad:
+        raise LayoutError(f'{source}: {ARCH_KEY!r} has unknown or non-plain entries {bad}; '
+                          f'allowed: "arch" and {ARCH_ARGS}.')
+    return dict(rec)
 
 FAMILIES = ('dinov2_vit', 'dinov3_vit', 'dinov3_convnext')
 LAYOUTS = ('official', 'hf', 'timm')
@@ -641,7 +678,21 @@ def read_checkpoint(path: str) -> Tuple[Any, Dict[str, Any]]:
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         try:
-            return dict(load_file(path)), config
+            tensors = dict(load_file(path))
+            from safetensors import safe_open
+            with safe_open(path, framework='pt') as f:
+                meta = f.metadata() or {}
+        except Exception as err:  # safetensors raises its own error types
+            raise LayoutError(f'cannot read {path!r} as a safetensors file: '
+                              f'{str(err).splitlines()[0]}.') from err
+        if ARCH_KEY in meta:
+            try:
+                record = json.loads(meta[ARCH_KEY])
+            except ValueError as err:
+                raise LayoutError(f'{path}: metadata {ARCH_KEY!r} is not JSON: {err}') from err
+            return {'state_dict': tensors, ARCH_KEY: record}, config
+        try:
+            return tensors, config
         except Exception as err:  # safetensors raises its own error types
             raise LayoutError(f'cannot read {path!r} as a safetensors file: '
                               f'{str(err).splitlines()[0]}.') from err
@@ -662,8 +713,13 @@ def load_state_dict_file(path: str) -> Tuple[StateDict, Dict[str, Any]]:
     return unwrap_state_dict(obj), config
 
 
-def save_state_dict_file(sd: Mapping[str, torch.Tensor], path: str) -> str:
+def save_state_dict_file(sd: Mapping[str, torch.Tensor], path: str,
+                         arch: Optional[Mapping[str, Any]] = None) -> str:
     """Write ``sd`` atomically (``<path>.tmp`` then ``os.replace``).
+
+    With ``arch`` (an architecture record, see :data:`ARCH_KEY`) a ``.pth`` file holds
+    ``{'state_dict': sd, 'dino_mm_arch': arch}`` and a ``.safetensors`` file stores the
+    record as JSON metadata; every dino_mm loader reads both.
 
     ``.safetensors`` paths (or an existing directory, which receives
     ``model.safetensors``) are written with safetensors, anything else with ``torch.save``.
@@ -679,9 +735,13 @@ def save_state_dict_file(sd: Mapping[str, torch.Tensor], path: str) -> str:
     try:
         if path.endswith('.safetensors'):
             from safetensors.torch import save_file
-            save_file(plain, tmp, metadata={'format': 'pt'})
+            metadata = {'format': 'pt'}
+            if arch is not None:
+                metadata[ARCH_KEY] = json.dumps(dict(arch))
+            save_file(plain, tmp, metadata=metadata)
         else:
-            torch.save(plain, tmp)
+            torch.save(plain if arch is None else {'state_dict': plain, ARCH_KEY: dict(arch)},
+                       tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 __all__ = ['load_checkpoint_strict', 'unwrap_state_dict', 'flatten_block_chunks',
-           'to_official_layout', 'read_backbone_checkpoint']
+           'to_official_layout', 'read_backbone_checkpoint', 'build_backbone_from_file',
+           'backbone_cfg_for_file']
 
 _WRAPPER_KEYS = ('state_dict', 'model', 'teacher', 'module')
 _STRIP_PREFIXES = ('module.', 'backbone.')
@@ -135,7 +136,8 @@ def read_backbone_checkpoint(path: Union[str, os.PathLike]):
 def load_checkpoint_strict(model: nn.Module,
                            path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
                            prefix: Optional[str] = None, strict: bool = True,
-                           map_location='cpu') -> Dict[str, list]:
+                           map_location='cpu', source: Optional[str] = None
+                           ) -> Dict[str, list]:
     """Load a backbone checkpoint into ``model``, failing loudly on mismatch.
 
     This is the one backbone loader of dino_mm (hub ``weights=``, ``init_cfg=dict(
@@ -157,11 +159,12 @@ def load_checkpoint_strict(model: nn.Module,
         strict (bool): Raise on missing / unexpected / mis-shaped keys. Defaults to True.
         map_location: Ignored (tensors are loaded on the CPU, then copied into the
             model). Kept for backward compatibility.
+        source (str, optional): Name of an already-read checkpoint object, for messages.
 
     Returns:
         dict: ``missing_keys`` and ``unexpected_keys`` (empty when strict).
     """
-    source = 'the given state dict'
+    source = source or 'the given state dict'
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = os.fspath(path_or_state_dict)
         obj = read_backbone_checkpoint(source)
@@ -201,3 +204,73 @@ def load_checkpoint_strict(model: nn.Module,
         mapped.pop(k)
     model.load_state_dict(mapped, strict=False)
     return dict(missing_keys=missing, unexpected_keys=unexpected)
+
+
+def build_backbone_from_file(path: Union[str, os.PathLike], arch: Optional[str] = None,
+                             default_arch: Optional[str] = None, **overrides) -> nn.Module:
+    """Build the ``DinoVisionTransformer`` a backbone file records and load it strictly.
+
+    The one place where a backbone file decides its own architecture: files exported by
+    ``tools/convert/pretrain_to_backbone.py`` record the constructor arguments under
+    ``'dino_mm_arch'`` (see :data:`dino_mm.models.converters.ARCH_KEY`). Arguments are taken
+    as ``overrides`` > the record > the defaults of ``arch``. Files without a record
+    (official, HF, timm) need ``arch`` (and any overrides).
+
+    Args:
+        path: Backbone file or HF model folder.
+        arch (str, optional): Expected arch name. None takes the record's; a different
+            name than the record's is an error (the weights would not fit).
+        default_arch (str, optional): Arch of a file without a record when ``arch`` is None.
+        **overrides: ``DinoVisionTransformer`` arguments that win over the record.
+
+    Returns:
+        nn.Module: The loaded backbone (train mode as built; callers set eval).
+    """
+    from .vision_transformer import DinoVisionTransformer
+    source = os.fspath(path)
+    obj, record = _read_with_record(source)
+    record = dict(record or {})
+    recorded = record.pop('arch', None)
+    if arch is None and recorded is None:
+        arch = default_arch
+    if arch is None and recorded is None:
+        raise ValueError(f'{source} records no architecture (no "dino_mm_arch" entry: an '
+                         'official / HF / timm file); pass the arch name (e.g. --arch '
+                         'dinov2_vits14) and any overrides.')
+    if arch is not None and recorded is not None and arch != recorded:
+        raise ValueError(f'{source} records arch {recorded!r} ({record}), not {arch!r}: '
+                         f'use {recorded!r} instead (e.g. dino_mm.hub.{recorded}(weights=...), '
+                         f'or leave --arch unset).')
+    model = DinoVisionTransformer(arch or recorded, **{**record, **overrides})
+    load_checkpoint_strict(model, obj, source=source)
+    return model
+
+
+def _read_with_record(source: str):
+    from dino_mm.models.converters import read_arch_record
+    obj = read_backbone_checkpoint(source)
+    return obj, read_arch_record(obj, source)
+
+
+def backbone_cfg_for_file(backbone: Mapping, path: Union[str, os.PathLike]) -> tuple:
+    """A ``DinoVisionTransformer`` config with the architecture a backbone file records.
+
+    For configs that name a backbone file (``backbone_checkpoint`` of the kNN / logistic
+    regression / linear evaluations): when the file records its architecture (see
+    :func:`build_backbone_from_file`), the record replaces the config's architecture
+    arguments (``arch``, ``embed_dim``, ``depth``, ...); the config's other arguments
+    (``out_type``, ``out_indices``, ...) are kept. Other configs and files without a record
+    come back unchanged.
+
+    Returns:
+        tuple: ``(config, checkpoint_object)``; pass the object to
+        :func:`load_checkpoint_strict` (``source=path``) so that the file is read once.
+    """
+    from dino_mm.models.converters import ARCH_ARGS
+    source = os.fspath(path)
+    obj, record = _read_with_record(source)
+    cfg = dict(backbone)
+    if record and 'VisionTransformer' in str(cfg.get('type', '')):
+        cfg = {k: v for k, v in cfg.items() if k != 'arch' and k not in ARCH_ARGS}
+        cfg.update(record)
+    return cfg, obj
