@@ -336,7 +336,7 @@ def _assert_loaded(module, sd, what):
 # (one per family and generation with backbone files; depth: all 48 in tests/depth).
 LOAD_SAMPLES = {
     'segmentation/dinov2/dinov2-vitg14_vit-adapter-m2f_8xb2-80k_ade20k-512x512.py',
-    'segmentation/dinov3/dinov3-vits16plus_ms_8xb2-40k_voc12-512x512.py',
+    'segmentation/dinov3/dinov3-vits16plus_ms_8xb2-40k_voc12-640x640.py',
     'detection/dino-4scale_dinov2-vitb14-frozen_sfp_8xb2-12e_coco.py',
     'detection/dino-4scale_dinov3-vitl16plus-ft_sfp_8xb2-12e_coco.py',
     'eval/knn/dinov2-vits14-reg_knn_8xb256_in1k.py',

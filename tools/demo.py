@@ -14,7 +14,6 @@
 Labels are never used for training; they only score the kNN.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import time
@@ -113,13 +112,10 @@ def main(argv=None):
     cfg.work_dir = args.work_dir or osp.join(ROOT, 'work_dirs', f'demo_{args.variant}')
     cfg.train_dataloader.dataset.data_root = args.data_root
     if args.max_iters is not None:
+        from dino_mm.engine.schedulers import fit_schedules_to_run
+        declared = cfg.train_cfg.max_iters
         cfg.train_cfg.max_iters = args.max_iters
-        for sched in cfg.param_scheduler:
-            sched['total_iters'] = args.max_iters
-            if 'warmup_iters' in sched:
-                sched['warmup_iters'] = args.max_iters // 10
-            if 'freeze_last_layer_iters' in sched:
-                sched['freeze_last_layer_iters'] = args.max_iters // 30
+        fit_schedules_to_run(cfg, declared)  # warm-ups / decays keep their share of the run
         cfg.default_hooks.checkpoint.interval = args.max_iters
 
     torch.manual_seed(cfg.randomness.get('seed', 0) if cfg.get('randomness') else 0)

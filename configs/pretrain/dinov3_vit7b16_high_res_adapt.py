@@ -3,7 +3,9 @@
 # start from the stage-2 EMA teacher (official `student.resume_from_teacher_chkpt` and
 # `gram.ckpt`). 30 epochs x 1000 iterations, 8 images/GPU on 256 GPUs. Each batch uses one
 # (global, local, gram) crop-size triple drawn with the official pair ratios.
-# Not reproduced: the distributed KoLeo (group size 16) — the per-rank KoLeo is used.
+# KoLeo is the distributed variant (official `koleo_loss_distributed: true`): nearest
+# neighbours are searched in groups of 16 consecutive rows of the batch gathered from all
+# ranks (2 ranks x 8 images), gradients flowing through the gathered rows.
 _base_ = ['./dinov3_vit7b16_pretrain.py']
 
 stage2_checkpoint = 'work_dirs/dinov3_vit7b16_gram_anchor/iter_200000.pth'
@@ -17,6 +19,9 @@ model = dict(
                    remove_only_teacher_neg=False),
     gram_loss_weight=1.5,
     local_loss_weight=0.5,
+    koleo_loss_distributed=True,
+    koleo_topk=1,
+    koleo_distributed_loss_group_size=16,
     gram_ckpt=stage2_checkpoint)
 
 train_dataloader = dict(
@@ -37,13 +42,13 @@ train_dataloader = dict(
         gram_teacher_crops_sizes=[768, 1152, 1152, 1152, 1152]))
 
 # lr: linear_warmup_cosine_decay(0 -> 0 -> 1.25e-5, no warm-up, cosine over 10 ep), then
-# constant; weight decay 0.04; teacher temperature 0.07; momentum 0.999. The scheduler only
-# scales its start value, so the sqrt_wrt_1024 (v3) factor for 256 GPUs x 8 images
-# (4 x sqrt(2048 / 1024)) is applied here; change it with the GPU count.
-lr_scale = 4 * (256 * batch_size_per_gpu / 1024)**0.5
+# constant; weight decay 0.04; teacher temperature 0.07; momentum 0.999. Peak and end are
+# scaled by sqrt_wrt_1024 (v3) for the run's world size and batch (schedules v2): on 256
+# GPUs x 8 images 4 x sqrt(2048 / 1024), i.e. 7.07e-5 at the end.
 param_scheduler = [
     dict(type='dino_mm.DINOCosineParamScheduler', param_name='lr', base_value=0.0,
-         final_value=1.25e-5 * lr_scale, total_iters=10 * epoch_length, by_epoch=False),
+         final_value=1.25e-5, total_iters=10 * epoch_length, scaling_rule='sqrt_wrt_1024_v3',
+         batch_size_per_gpu=batch_size_per_gpu, schedule_version='v2', by_epoch=False),
     dict(type='dino_mm.DINOCosineParamScheduler', param_name='weight_decay', base_value=0.04,
          final_value=0.04, total_iters=total_iters, by_epoch=False),
 ]

@@ -39,13 +39,14 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=lr, betas=(0.9, 0.99), weight_decay=0.04),
     paramwise_cfg=dict(layer_decay_rate=0.98, patch_embed_lr_mult=0.2, variant='dinov3'))
 # Official `schedules:` block, linear_warmup_cosine_decay(0 -> 5e-5 -> 5e-5, warm-up 100 ep):
-# a linear warm-up then constant. The DINOv2 scheduler's warm-up includes its end point, so
-# it reaches the peak one iteration earlier (negligible).
+# a linear warm-up then constant. schedule_version='v2' follows that function (warm-up end
+# point excluded) and scales both the peak and the end with sqrt_wrt_1024, as the official
+# build_schedulers_v2 does (4 x sqrt(4096 / 1024) = 8 on 256 GPUs x 16: 4e-4 throughout).
 param_scheduler = [
     dict(type='dino_mm.DINOCosineParamScheduler', param_name='lr', base_value=lr,
          final_value=lr, total_iters=total_iters, warmup_iters=100 * epoch_length,
          freeze_last_layer_iters=5 * epoch_length, scaling_rule='sqrt_wrt_1024_v3',
-         batch_size_per_gpu=batch_size_per_gpu, by_epoch=False),
+         batch_size_per_gpu=batch_size_per_gpu, schedule_version='v2', by_epoch=False),
     dict(type='dino_mm.DINOCosineParamScheduler', param_name='weight_decay', base_value=0.04,
          final_value=0.04, total_iters=total_iters, by_epoch=False),
 ]

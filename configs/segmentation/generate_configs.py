@@ -59,6 +59,10 @@ def head_leaf(version: str, name: str, head: str, data: str) -> Tuple[str, str]:
     n_layers = 1 if head == 'linear' else 4
     indices = list(range(depth - n_layers, depth))
     data_file, num_classes = DATASETS[data]
+    size = 512
+    if head == 'ms':  # the official "+ms" recipe trains and tests with 640 px crops
+        size = 640
+        data_file = data_file.replace('.py', '_640x640.py')
     schedule = f'seg_{version}_40k.py'
     published = PUBLISHED.get((name, head, data), 'none published')
     desc = ('BN + 1x1 conv on the last layer' if head == 'linear' else
@@ -81,7 +85,7 @@ def head_leaf(version: str, name: str, head: str, data: str) -> Tuple[str, str]:
         + (',\n        dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)'
            if version == 'dinov3' else '))'),
     ]
-    fname = f'{version}-{name}_{head}_8xb2-40k_{data}-512x512.py'
+    fname = f'{version}-{name}_{head}_8xb2-40k_{data}-{size}x{size}.py'
     return fname, '\n'.join(lines) + '\n'
 
 

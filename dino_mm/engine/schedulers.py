@@ -19,7 +19,7 @@ steps it after every iteration, so ``last_step == it`` when iteration ``it`` run
 import inspect
 import logging
 import math
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 from mmengine.dist import get_world_size
 from mmengine.logging import print_log
@@ -29,7 +29,8 @@ from torch.optim import Optimizer
 from dino_mm.registry import PARAM_SCHEDULERS
 
 __all__ = [
-    'CosineSchedule', 'scale_lr', 'DINOCosineParamScheduler', 'SCALING_RULES'
+    'CosineSchedule', 'linear_warmup_cosine_decay', 'scale_lr', 'DINOCosineParamScheduler',
+    'SCALING_RULES', 'fit_schedules_to_run'
 ]
 
 
@@ -113,6 +114,57 @@ class CosineSchedule:
                 f'warmup_iters={self.warmup_iters}, '
                 f'start_warmup_value={self.start_warmup_value}, '
                 f'freeze_iters={self.freeze_iters}, zero_until={self.zero_until})')
+
+
+def linear_warmup_cosine_decay(it: int, start: float, peak: float, end: float,
+                               warmup_iters: int, cosine_iters: Optional[int] = None,
+                               total_iters: Optional[int] = None) -> float:
+    """Value at iteration ``it`` of DINOv3's ``linear_warmup_cosine_decay`` schedule.
+
+    Linear ``start -> peak`` over ``warmup_iters`` (endpoint excluded, unlike the DINOv2
+    ``CosineScheduler``), then half cosine ``peak -> end`` over ``cosine_iters``
+    (``total_iters - warmup_iters`` when not given), then constant ``end``.
+
+    Args:
+        it (int): 0-based iteration.
+        start (float): First warm-up value.
+        peak (float): Value at the end of the warm-up.
+        end (float): Final value.
+        warmup_iters (int): Warm-up length.
+        cosine_iters (int, optional): Cosine length.
+        total_iters (int, optional): Used for ``cosine_iters`` when that is None.
+    """
+    if it < 0:
+        raise ValueError(f'linear_warmup_cosine_decay: iteration must be >= 0, got {it}.')
+    if cosine_iters is None:
+        if total_iters is None:
+            raise ValueError('linear_warmup_cosine_decay needs cosine_iters or total_iters.')
+        cosine_iters = total_iters - warmup_iters
+    if it < warmup_iters:
+        return start + (peak - start) * it / warmup_iters
+    it -= warmup_iters
+    if it < cosine_iters:
+        return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * it / cosine_iters))
+    return end
+
+
+class _V2Schedule:
+    """DINOv3 ``linear_warmup_cosine_decay`` as a callable, with the last-layer freeze."""
+
+    def __init__(self, start: float, peak: float, end: float, warmup_iters: int,
+                 total_iters: int, zero_until: int = 0) -> None:
+        if int(warmup_iters) > int(total_iters):
+            raise ValueError(f'schedule v2: warmup_iters ({warmup_iters}) exceed total_iters '
+                             f'({total_iters}); lengthen training or shorten the warm-up.')
+        self.start, self.peak, self.end = float(start), float(peak), float(end)
+        self.warmup_iters, self.total_iters = int(warmup_iters), int(total_iters)
+        self.zero_until = int(zero_until)
+
+    def __call__(self, it: int) -> float:
+        if it < self.zero_until:  # the official code zeroes the copy's first entries
+            return 0.
+        return linear_warmup_cosine_decay(it, self.start, self.peak, self.end,
+                                          self.warmup_iters, total_iters=self.total_iters)
 
 
 #: Official learning-rate scaling rules. ``B`` is the total batch (per GPU x GPUs).
@@ -217,8 +269,20 @@ class DINOCosineParamScheduler(_ParamScheduler):
         freeze_last_layer_iters (int): Iterations during which ``is_last_layer``
             groups get lr 0 (only for ``'lr'``). Defaults to 0.
         scaling_rule (str, optional): If set, ``base_value`` is scaled with
-            :func:`scale_lr` (``final_value`` is not, as in the official code).
-        batch_size_per_gpu (int, optional): Needed when ``scaling_rule`` is set.
+            :func:`scale_lr`; ``final_value`` too for ``schedule_version='v2'``.
+        batch_size_per_gpu (int, optional): Needed when ``scaling_rule`` is set. The
+            training tools set it to the run's ``train_dataloader.batch_size`` (see
+            :func:`fit_schedules_to_run`), and the world size is read when the scheduler
+            is built, so a resumed run on another number of ranks follows the new size.
+        schedule_version (str): Which official schedule family the values follow.
+            ``'v1'`` (default): DINOv2's ``CosineScheduler`` (warm-up ``np.linspace``
+            *including* its endpoint; the scaling rule applies to ``base_value`` only,
+            ``min_lr`` is not scaled). ``'v2'``: the DINOv3 ``schedules:`` block
+            (``linear_warmup_cosine_decay``: warm-up endpoint excluded, cosine from the
+            peak (``base_value``) to ``end`` (``final_value``) over
+            ``total_iters - warmup_iters``, then constant ``end``; the scaling rule
+            multiplies **both** peak and end, as the official ``build_schedulers_v2``
+            does). ``freeze_iters`` must be 0 for ``'v2'``.
         begin (int): Accepted for config compatibility; must be 0 (the schedule is a
             function of the absolute iteration, as in the official loop).
         end (int): Ignored. MMEngine's runner fills ``end`` with ``max_epochs`` when a
@@ -241,6 +305,7 @@ class DINOCosineParamScheduler(_ParamScheduler):
                  freeze_last_layer_iters: int = 0,
                  scaling_rule: Optional[str] = None,
                  batch_size_per_gpu: Optional[int] = None,
+                 schedule_version: str = 'v1',
                  begin: int = 0,
                  end: int = INF,
                  last_step: int = -1,
@@ -266,20 +331,38 @@ class DINOCosineParamScheduler(_ParamScheduler):
                     f'is not a valid {param_name}: a negative (or non-finite) '
                     f'{param_name} makes the optimizer ascend the loss / grow the weights. '
                     f'Set param_scheduler[...].{name} to a value >= 0.')
-        given = float(base_value)
+        if schedule_version not in ('v1', 'v2'):
+            raise ValueError(f"DINOCosineParamScheduler: schedule_version must be 'v1' "
+                             f"(DINOv2 CosineScheduler) or 'v2' (DINOv3 schedules block), "
+                             f'got {schedule_version!r}.')
+        if schedule_version == 'v2' and freeze_iters:
+            raise ValueError("DINOCosineParamScheduler: schedule_version='v2' has no "
+                             'freeze_iters (the DINOv3 schedules block has none); set it '
+                             'to 0.')
+        given = (float(base_value), float(final_value))
         if scaling_rule is not None:
             if batch_size_per_gpu is None:
                 raise ValueError(f'scaling_rule={scaling_rule!r} needs batch_size_per_gpu '
                                  '(the per-process batch size of the train dataloader).')
             base_value = scale_lr(base_value, scaling_rule, batch_size_per_gpu)
+            if schedule_version == 'v2':
+                final_value = scale_lr(final_value, scaling_rule, batch_size_per_gpu)
         _warn_if_overriding(optimizer, param_name,
-                            (given, base_value, final_value, start_warmup_value),
+                            (*given, base_value, final_value, start_warmup_value),
                             base_value, final_value)
-        self.schedule = CosineSchedule(base_value, final_value, total_iters, warmup_iters,
-                                       start_warmup_value, freeze_iters)
-        self.last_layer_schedule = CosineSchedule(
-            base_value, final_value, total_iters, warmup_iters, start_warmup_value,
-            freeze_iters, zero_until=freeze_last_layer_iters)
+        self.schedule_version = schedule_version
+        if schedule_version == 'v1':
+            self.schedule = CosineSchedule(base_value, final_value, total_iters,
+                                           warmup_iters, start_warmup_value, freeze_iters)
+            self.last_layer_schedule = CosineSchedule(
+                base_value, final_value, total_iters, warmup_iters, start_warmup_value,
+                freeze_iters, zero_until=freeze_last_layer_iters)
+        else:
+            self.schedule = _V2Schedule(start_warmup_value, base_value, final_value,
+                                        warmup_iters, total_iters)
+            self.last_layer_schedule = _V2Schedule(start_warmup_value, base_value,
+                                                   final_value, warmup_iters, total_iters,
+                                                   zero_until=freeze_last_layer_iters)
         super().__init__(optimizer, param_name, begin=0, end=INF,
                          last_step=last_step, by_epoch=False, verbose=verbose)
 
@@ -294,6 +377,21 @@ class DINOCosineParamScheduler(_ParamScheduler):
         state.pop('last_layer_schedule', None)
         return state
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the step count, then set the optimizer to *this* scheduler's value.
+
+        MMEngine resumes the optimizer state (with the lr of the run that wrote the
+        checkpoint) before the schedulers, and a scheduler only writes the optimizer
+        after the next iteration. A run resumed on a different world size or batch size
+        (so with a different scaled lr) would train its first iteration with the old
+        value; writing the current value now makes that iteration follow the new rule.
+        For an unchanged run the value written equals the one loaded.
+        """
+        super().load_state_dict(state_dict)
+        for group, value in zip(self.optimizer.param_groups, self._get_value()):
+            group[self.param_name] = value
+        self._last_value = [group[self.param_name] for group in self.optimizer.param_groups]
+
     def _get_value(self) -> List[float]:
         it = self.last_step
         value = self.schedule(it)
@@ -306,3 +404,126 @@ class DINOCosineParamScheduler(_ParamScheduler):
             else:
                 values.append(value * group.get('wd_mult', 1.))
         return values
+
+
+# ------------------------------------------------------------------ run-time adjustments
+#: Keys of iteration-based mmengine scheduler entries that measure a length or position in
+#: iterations (scaled with ``train_cfg.max_iters``). Any key ending in ``_iters`` or
+#: ``_iter`` counts too.
+_ITER_KEYS = ('begin', 'end', 'total_steps', 'T_max')
+#: The same for dino_mm hooks whose iteration arguments have other names.
+_HOOK_ITER_KEYS = ('it_first_update', 'update_frequency', 'it_load_ema_teacher')
+
+
+def _is_iteration_key(key: str, entry: dict) -> bool:
+    if key.endswith('_iters') or key.endswith('_iter') or key in _HOOK_ITER_KEYS:
+        return True
+    # mmengine's own schedulers count in iterations only when by_epoch=False
+    return key in _ITER_KEYS and entry.get('by_epoch', True) is False
+
+
+def _entries(cfg) -> List[tuple]:
+    """``(label, dict)`` of every parameter-scheduler and custom-hook entry of ``cfg``."""
+    out = []
+    scheds = cfg.get('param_scheduler', None) or []
+    if isinstance(scheds, dict):
+        scheds = [scheds]
+    out += [(f'param_scheduler[{i}]', e) for i, e in enumerate(scheds) if isinstance(e, dict)]
+    hooks = cfg.get('custom_hooks', None) or []
+    out += [(f'custom_hooks[{i}] ({e.get("type")})', e) for i, e in enumerate(hooks)
+            if isinstance(e, dict)]
+    return out
+
+
+def _dotted(label: str, key: str) -> str:
+    """``'param_scheduler[0]', 'end'`` -> ``'param_scheduler.0.end'`` (a --cfg-options key)."""
+    head = label.split(' ')[0].replace('[', '.').replace(']', '')
+    return f'{head}.{key}'
+
+
+def _loader_batch_size(cfg) -> Optional[int]:
+    loader = cfg.get('train_dataloader', None)
+    if not isinstance(loader, dict):
+        return None
+    batch = loader.get('batch_size', None)
+    if batch is None and isinstance(loader.get('batch_sampler', None), dict):
+        batch = loader['batch_sampler'].get('batch_size', None)
+    return int(batch) if isinstance(batch, int) and not isinstance(batch, bool) else None
+
+
+def fit_schedules_to_run(cfg, declared_max_iters: Optional[int] = None,
+                         keep_lengths: bool = False,
+                         explicit: Iterable[str] = ()) -> List[str]:
+    """Make the schedules of ``cfg`` follow the batch size and length the run uses.
+
+    Config files compute schedule fields when they are parsed (``total_iters =
+    epochs * epoch_length``, ``batch_size_per_gpu=batch_size_per_gpu``), so an override
+    given afterwards (``--cfg-options train_dataloader.batch_size=8 train_cfg.max_iters=40``)
+    would leave the lr scaled for the old batch and the warm-up / cosine sized for the
+    old length. This function, called by ``tools/train.py`` (and ``tools/demo.py``) after
+    the overrides are merged:
+
+    * sets ``batch_size_per_gpu`` of every parameter scheduler with a ``scaling_rule``
+      (and of the model, for the linear probe's own lr rule) to the train dataloader's
+      batch size;
+    * when ``train_cfg.max_iters`` differs from ``declared_max_iters`` (the value of the
+      config file itself), scales every iteration count of the parameter schedulers and
+      custom hooks (keys ending in ``_iters`` / ``_iter``, and ``begin`` / ``end`` /
+      ``total_steps`` / ``T_max`` of iteration-based mmengine schedulers) by
+      ``max_iters / declared_max_iters`` (rounded down), so warm-ups and decays keep their
+      share of the run, as in LightlyTrain and the official ``epochs`` override. Pass
+      ``keep_lengths=True`` to keep the absolute lengths instead.
+
+    A value the user set explicitly (a key of ``explicit``, e.g. the ``--cfg-options`` key
+    ``param_scheduler.0.total_iters``) is never changed.
+
+    The world size is not fixed here: :func:`scale_lr` reads it when the scheduler is
+    built, i.e. in the run itself (and again after a resume on another world size).
+
+    Args:
+        cfg (Config): The merged config (changed in place).
+        declared_max_iters (int, optional): ``train_cfg.max_iters`` before the overrides.
+        keep_lengths (bool): Do not rescale iteration counts. Defaults to False.
+        explicit (Iterable[str]): Dotted keys set by the user (``--cfg-options`` keys).
+
+    Returns:
+        list[str]: One line per change (also logged), empty when nothing changed.
+    """
+    explicit = {k.lstrip('+') for k in explicit}
+    changes = []
+    batch = _loader_batch_size(cfg)
+    if batch is not None:
+        targets = [(label, e) for label, e in _entries(cfg)
+                   if label.startswith('param_scheduler') and e.get('scaling_rule')]
+        model = cfg.get('model', None)
+        if isinstance(model, dict) and 'batch_size_per_gpu' in model:
+            targets.append(('model', model))
+        for label, entry in targets:
+            old = entry.get('batch_size_per_gpu', None)
+            if old != batch and _dotted(label, 'batch_size_per_gpu') not in explicit:
+                entry['batch_size_per_gpu'] = batch
+                changes.append(f'{label}.batch_size_per_gpu {old} -> {batch} '
+                               f'(train_dataloader.batch_size)')
+    train_cfg = cfg.get('train_cfg', None) or {}
+    new_iters = train_cfg.get('max_iters', None)
+    if (not keep_lengths and isinstance(declared_max_iters, int) and declared_max_iters > 0
+            and isinstance(new_iters, int) and new_iters != declared_max_iters):
+        lengths = []
+        for label, entry in _entries(cfg):
+            for key in list(entry):
+                value = entry[key]
+                if (not _is_iteration_key(key, entry) or isinstance(value, bool)
+                        or not isinstance(value, int) or value >= INF or value <= 0
+                        or _dotted(label, key) in explicit):
+                    continue
+                scaled = value * new_iters // declared_max_iters
+                if scaled != value:
+                    entry[key] = scaled
+                    lengths.append(f'{label}.{key} {value} -> {scaled}')
+        if lengths:
+            changes += [f'train_cfg.max_iters {declared_max_iters} -> {new_iters}: schedule '
+                        f'lengths scaled by {new_iters}/{declared_max_iters} (tools/train.py '
+                        f'--keep-schedule-lengths keeps them)'] + lengths
+    for line in changes:
+        print_log(f'[schedules] {line}', logger='current', level=logging.INFO)
+    return changes

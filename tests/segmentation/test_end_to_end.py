@@ -24,7 +24,7 @@ from mmengine.registry import DefaultScope  # noqa: E402
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DIM = 32
 LINEAR_ADE = 'configs/segmentation/dinov2/dinov2-vits14_linear_8xb2-40k_ade20k-512x512.py'
-MS_VOC = 'configs/segmentation/dinov2/dinov2-vits14_ms_8xb2-40k_voc12-512x512.py'
+MS_VOC = 'configs/segmentation/dinov2/dinov2-vits14_ms_8xb2-40k_voc12-640x640.py'
 M2F_ADE = 'configs/segmentation/dinov2/dinov2-vitg14_vit-adapter-m2f_8xb2-80k_ade20k-512x512.py'
 
 

@@ -27,8 +27,9 @@ def _opts(digits_root, max_iters, extra=()):
             'train_dataloader.dataset.pipeline.1.prob=0.0',
             f'train_cfg.max_iters={max_iters}', 'train_cfg.val_interval=1000',
             # an explicit schedule length: MMEngine otherwise ends the schedule at the
-            # first run's max_iters, which a stopped-early run does not share
-            'param_scheduler.0.end=200',
+            # first run's max_iters, and tools/train.py scales T_max with max_iters, which
+            # a stopped-early run does not share (explicitly typed values are kept)
+            'param_scheduler.0.end=200', 'param_scheduler.0.T_max=200',
             'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1',
             'randomness.deterministic=True', *extra]
 

@@ -8,13 +8,13 @@
   ``load_from`` (the previous stage's checkpoint) exists and fits the model, and can start
   the student from the loaded teacher (official ``student.resume_from_teacher_chkpt``).
 """
-import math
 from typing import List, Optional, Sequence
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
+from dino_mm.engine.schedulers import linear_warmup_cosine_decay
 from dino_mm.registry import HOOKS
 
 __all__ = [
@@ -28,38 +28,6 @@ REFRESH_INFO_KEY = 'gram_teacher_refresh_iters'
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
-
-
-def linear_warmup_cosine_decay(it: int, start: float, peak: float, end: float,
-                               warmup_iters: int, cosine_iters: Optional[int] = None,
-                               total_iters: Optional[int] = None) -> float:
-    """Value at iteration ``it`` of DINOv3's ``linear_warmup_cosine_decay`` schedule.
-
-    Linear ``start -> peak`` over ``warmup_iters`` (endpoint excluded, unlike the DINOv2
-    ``CosineScheduler``), then half cosine ``peak -> end`` over ``cosine_iters``
-    (``total_iters - warmup_iters`` when not given), then constant ``end``.
-
-    Args:
-        it (int): 0-based iteration.
-        start (float): First warm-up value.
-        peak (float): Value at the end of the warm-up.
-        end (float): Final value.
-        warmup_iters (int): Warm-up length.
-        cosine_iters (int, optional): Cosine length.
-        total_iters (int, optional): Used for ``cosine_iters`` when that is None.
-    """
-    if it < 0:
-        raise ValueError(f'linear_warmup_cosine_decay: iteration must be >= 0, got {it}.')
-    if cosine_iters is None:
-        if total_iters is None:
-            raise ValueError('linear_warmup_cosine_decay needs cosine_iters or total_iters.')
-        cosine_iters = total_iters - warmup_iters
-    if it < warmup_iters:
-        return start + (peak - start) * it / warmup_iters
-    it -= warmup_iters
-    if it < cosine_iters:
-        return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * it / cosine_iters))
-    return end
 
 
 def gram_refresh_iters(it_first_update: int, update_frequency: int,

@@ -246,6 +246,51 @@ def build_backbone_from_file(path: Union[str, os.PathLike], arch: Optional[str] 
     return model
 
 
+def resolve_backbone_file(checkpoint, what: str):
+    """A backbone checkpoint named in a config or on a command line -> an existing path.
+
+    Used by the ViT's ``init_cfg`` and by the frozen-feature evaluations'
+    ``backbone_checkpoint`` (and so by ``tools/test.py CONFIG CHECKPOINT``): a path that
+    exists (a file, or a HF transformers model folder) is used as given. Otherwise, when
+    its file name is an official backbone file (``dinov2_vits14_pretrain.pth``, or
+    ``checkpoints/dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth`` as the shipped configs
+    write it), it is looked up like the hub does (:func:`dino_mm.hub.resolve_weights`:
+    ``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights``, torch.hub's checkpoint folder).
+
+    Args:
+        checkpoint (str | PathLike | object): The reference; anything that is not a path
+            (e.g. a state dict) is returned unchanged.
+        what (str): Where the reference comes from, for the error message.
+
+    Raises:
+        FileNotFoundError: Naming the reference, the folders searched and what to do.
+    """
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return checkpoint
+    checkpoint = os.path.expanduser(os.fspath(checkpoint))
+    if os.path.exists(checkpoint):
+        return checkpoint
+    # Imported here: dino_mm.hub builds on the backbones.
+    from dino_mm.hub.backbones import BACKBONE_WEIGHTS
+    from dino_mm.hub.utils import resolve_weights, weights_dirs
+    official = {f for tags in BACKBONE_WEIGHTS.values() for f in tags.values()}
+    if os.path.basename(checkpoint) not in official:
+        raise FileNotFoundError(
+            f'{what}: backbone checkpoint {checkpoint!r} does not exist (relative to '
+            f'{os.getcwd()}), and it is not an official backbone file name that could be '
+            f'looked up in {weights_dirs()}. Give the path of the file (official, HF '
+            'transformers file or folder, timm, or a tools/convert/pretrain_to_backbone.py '
+            'export).')
+    name = f'{what} ({checkpoint!r}, not found relative to {os.getcwd()})'
+    try:
+        return resolve_weights(name, checkpoint, {f.upper(): f for f in official},
+                               os.path.basename(checkpoint))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f'{e} Set the path of the file in the config (or on the command line), or '
+            'init_cfg=None to train from random weights on purpose.') from None
+
+
 def _read_with_record(source: str):
     from dino_mm.models.converters import read_arch_record
     obj = read_backbone_checkpoint(source)

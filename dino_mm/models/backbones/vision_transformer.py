@@ -424,26 +424,9 @@ class DinoVisionTransformer(BaseModule):
 
     def _resolve_pretrained(self, checkpoint):
         """``init_cfg.checkpoint`` -> an existing file (see :meth:`init_weights`)."""
-        if not isinstance(checkpoint, (str, os.PathLike)):
-            return checkpoint  # e.g. a state dict
-        checkpoint = os.fspath(checkpoint)
-        if os.path.exists(os.path.expanduser(checkpoint)):  # a file or a HF model folder
-            return os.path.expanduser(checkpoint)
-        # Imported here: dino_mm.hub builds on this module.
-        from dino_mm.hub.backbones import BACKBONE_WEIGHTS
-        from dino_mm.hub.utils import resolve_weights
-        official = {f for tags in BACKBONE_WEIGHTS.values() for f in tags.values()}
-        if os.path.basename(checkpoint) not in official:
-            return checkpoint  # load_checkpoint_strict names the missing file
-        name = (f"{type(self).__name__} init_cfg (checkpoint={checkpoint!r}, not found "
-                f'relative to {os.getcwd()})')
-        try:
-            return resolve_weights(name, checkpoint, {f.upper(): f for f in official},
-                                   os.path.basename(checkpoint))
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"{e} For a config, set model's backbone init_cfg.checkpoint to the file's "
-                'path, or init_cfg=None to train from random weights on purpose.') from None
+        from dino_mm.models.backbones.utils import resolve_backbone_file
+        return resolve_backbone_file(
+            checkpoint, f'{type(self).__name__} init_cfg (checkpoint={checkpoint!r})')
 
     # ------------------------------------------------------------------ freezing
     def _freeze_stages(self) -> None:

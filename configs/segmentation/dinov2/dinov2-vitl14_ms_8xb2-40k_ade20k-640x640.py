@@ -2,7 +2,7 @@
 # Published mIoU: 53.1 (DINOv2 model card, multiscale).
 # Backbone weights: checkpoints/dinov2_vitl14_pretrain.pth (official layout, see dino_mm.hub).
 _base_ = [
-    '../../_base_/models/seg_ms.py', '../../_base_/datasets/ade20k.py',
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/ade20k_640x640.py',
     '../../_base_/schedules/seg_dinov2_40k.py'
 ]
 model = dict(

@@ -1,8 +1,8 @@
-# DINOV3 vitb16 frozen, BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA, voc12.
+# DINOV3 vitb16 frozen, BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA, ade20k.
 # Published mIoU: none published.
 # Backbone weights: checkpoints/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth (official layout, see dino_mm.hub).
 _base_ = [
-    '../../_base_/models/seg_ms.py', '../../_base_/datasets/voc12.py',
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/ade20k_640x640.py',
     '../../_base_/schedules/seg_dinov3_40k.py'
 ]
 model = dict(
@@ -11,5 +11,5 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth')),
     decode_head=dict(
         in_channels=[768, 768, 768, 768], in_index=[0, 1, 2, 3],
-        channels=3072, num_classes=21,
+        channels=3072, num_classes=150,
         dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)

@@ -2,7 +2,7 @@
 # Published mIoU: none published.
 # Backbone weights: checkpoints/dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth (official layout, see dino_mm.hub).
 _base_ = [
-    '../../_base_/models/seg_ms.py', '../../_base_/datasets/voc12.py',
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/voc12_640x640.py',
     '../../_base_/schedules/seg_dinov3_40k.py'
 ]
 model = dict(

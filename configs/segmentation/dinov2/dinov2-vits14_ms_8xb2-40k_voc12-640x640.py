@@ -2,7 +2,7 @@
 # Published mIoU: 82.6 (DINOv2 README, unverified).
 # Backbone weights: checkpoints/dinov2_vits14_pretrain.pth (official layout, see dino_mm.hub).
 _base_ = [
-    '../../_base_/models/seg_ms.py', '../../_base_/datasets/voc12.py',
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/voc12_640x640.py',
     '../../_base_/schedules/seg_dinov2_40k.py'
 ]
 model = dict(

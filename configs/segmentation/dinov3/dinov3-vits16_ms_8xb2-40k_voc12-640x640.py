@@ -1,8 +1,8 @@
-# DINOV3 vits16 frozen, BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA, ade20k.
+# DINOV3 vits16 frozen, BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA, voc12.
 # Published mIoU: none published.
 # Backbone weights: checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth (official layout, see dino_mm.hub).
 _base_ = [
-    '../../_base_/models/seg_ms.py', '../../_base_/datasets/ade20k.py',
+    '../../_base_/models/seg_ms.py', '../../_base_/datasets/voc12_640x640.py',
     '../../_base_/schedules/seg_dinov3_40k.py'
 ]
 model = dict(
@@ -11,5 +11,5 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth')),
     decode_head=dict(
         in_channels=[384, 384, 384, 384], in_index=[0, 1, 2, 3],
-        channels=1536, num_classes=150,
+        channels=1536, num_classes=21,
         dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)
