@@ -516,9 +516,12 @@ def fit_schedules_to_run(cfg, declared_max_iters: Optional[int] = None,
                         or not isinstance(value, int) or value >= INF or value <= 0
                         or _dotted(label, key) in explicit):
                     continue
-                # rounded down, but a length or position never vanishes (mmengine
-                # schedulers need end > begin; a 1-iteration warm-up stays a warm-up)
-                scaled = max(1, value * new_iters // declared_max_iters)
+                # rounded down (a warm-up shorter than one iteration is none), but the
+                # end / total length of a schedule never vanishes (mmengine schedulers
+                # need end > begin)
+                scaled = value * new_iters // declared_max_iters
+                if key in ('end', 'total_steps', 'T_max', 'total_iters'):
+                    scaled = max(1, scaled)
                 if scaled != value:
                     entry[key] = scaled
                     lengths.append(f'{label}.{key} {value} -> {scaled}')
