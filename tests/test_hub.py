@@ -122,3 +122,86 @@ def test_pretrained_is_the_default_like_the_official_hub(monkeypatch, tmp_path):
     fresh = torch.hub.load(REPO_ROOT, 'dinov2_vits14', source='local', pretrained=False,
                            **small)
     assert not torch.equal(fresh.pos_embed, src.pos_embed)
+
+
+HUB_DIR = osp.join(REPO_ROOT, 'dino_mm', 'hub')
+_NO_OWN_LOOKUP = {'environ', 'getenv', 'get_dir', 'expanduser', 'glob', 'iglob', 'listdir',
+                  'scandir', 'walk', 'ENV_WEIGHTS_DIR'}
+
+
+def _hub_sources(with_heads=False):
+    import glob
+    files = sorted(glob.glob(osp.join(HUB_DIR, '*.py')))
+    if with_heads:
+        files.append(osp.join(REPO_ROOT, 'dino_mm', 'models', 'heads', 'linear.py'))
+    return files
+
+
+def test_hub_reads_checkpoints_only_through_the_safe_reader():
+    """No raw ``torch.load`` in the hub or the linear head: the shared reader
+    (``read_checkpoint`` / ``safe_torch_load`` / ``load_checkpoint_strict``) does it."""
+    import ast
+    offenders = []
+    for path in _hub_sources(with_heads=True):
+        source = open(path).read()
+        if 'torch.load(' in source:
+            offenders.append(osp.relpath(path, REPO_ROOT))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr == 'load' and isinstance(node.func.value, ast.Name) and \
+                    node.func.value.id in ('torch', 'pickle'):
+                offenders.append(f'{osp.relpath(path, REPO_ROOT)}:{node.lineno}')
+    assert not offenders, offenders
+
+
+def test_one_weights_resolver_for_every_hub_module():
+    """Only ``hub/utils.py`` knows where weight files live ($DINO_MM_WEIGHTS, ~/.cache,
+    torch.hub's dir); every other hub module that loads files goes through it."""
+    import ast
+    for path in _hub_sources():
+        name = osp.basename(path)
+        if name == 'utils.py':
+            continue
+        tree = ast.parse(open(path).read())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr)
+                      and isinstance(n.body[0].value, ast.Constant)}
+        docstrings |= {id(c) for n in ast.walk(tree) if isinstance(n, ast.Assign)  # f.__doc__ =
+                       and any(isinstance(t, ast.Attribute) and t.attr == '__doc__'
+                               for t in n.targets) for c in ast.walk(n.value)}
+        found = []
+        for node in ast.walk(tree):
+            ident = node.attr if isinstance(node, ast.Attribute) else \
+                node.id if isinstance(node, ast.Name) else None
+            if ident in _NO_OWN_LOOKUP:
+                found.append(f'{ident} (line {node.lineno})')
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] + [getattr(node, 'module', None) or '']
+                found += [f'import {m} (line {node.lineno})' for m in mods if m == 'glob']
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                    id(node) not in docstrings and \
+                    ('DINO_MM_WEIGHTS' in node.value or '.cache' in node.value):
+                found.append(f'{node.value!r} (line {node.lineno})')
+        assert not found, f'dino_mm/hub/{name} searches for weights itself: {found}'
+        if name != '__init__.py':
+            used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+            assert used & {'resolve_entry_weights', 'resolve_weights'}, name
+
+
+def test_resolver_urls_and_folders(monkeypatch, tmp_path):
+    from dino_mm.hub.utils import resolve_weights
+    _empty_weights_dirs(monkeypatch, tmp_path)
+    files = {'NYU': 'dinov2_vits14_nyu_dpt_head.pth'}
+    (tmp_path / 'weights').mkdir()
+    with pytest.raises(ValueError, match='cannot be fetched offline.*weights=<path>'):
+        resolve_weights('x', 'https://example.org/other.pth', files, 'NYU')
+    # an official URL is looked up by its file name
+    torch.save({}, tmp_path / 'weights' / files['NYU'])
+    url = 'https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_nyu_dpt_head.pth'
+    assert resolve_weights('x', url, files, 'NYU') == str(tmp_path / 'weights' / files['NYU'])
+    # a folder holding the official file
+    assert resolve_weights('x', str(tmp_path / 'weights'), files, 'NYU') == \
+        str(tmp_path / 'weights' / files['NYU'])
+    with pytest.raises(FileNotFoundError, match="folder without the official file"):
+        resolve_weights('x', str(tmp_path), files, 'NYU', arg='backbone_weights')

@@ -14,7 +14,7 @@ import re
 from typing import Optional
 
 from dino_mm.models.backbones import DinoVisionTransformer, build_backbone_from_file
-from .utils import resolve_weights, warn_random_init
+from .utils import WeightsRequest, resolve_entry_weights
 
 __all__ = [
     'dinov2_vits14', 'dinov2_vitb14', 'dinov2_vitl14', 'dinov2_vitg14', 'dinov2_vits14_reg',
@@ -46,14 +46,9 @@ _UNTIED_LOCAL_NORM_HASHES = {'eadcf0ff'}
 def _make(name: str, pretrained: Optional[bool], weights: Optional[str],
           **kwargs) -> DinoVisionTransformer:
     default = 'LVD142M' if name.startswith('dinov2') else 'LVD1689M'
-    path = None
-    if pretrained is None and weights is None:  # default: load the file if it is here
-        try:
-            path = resolve_weights(name, None, BACKBONE_WEIGHTS[name], default)
-        except FileNotFoundError as err:
-            warn_random_init(name, err)
-    elif pretrained or weights is not None:
-        path = resolve_weights(name, weights, BACKBONE_WEIGHTS[name], default)
+    path = resolve_entry_weights(name, pretrained, [WeightsRequest(
+        'backbone', weights, BACKBONE_WEIGHTS[name], default,
+        explicit=weights is not None)])['backbone']
     if path is not None:
         match = re.search(r'-([0-9a-f]{8})\.pth$', osp.basename(path))
         if name == 'dinov3_vitl16' and match and match.group(1) in _UNTIED_LOCAL_NORM_HASHES:

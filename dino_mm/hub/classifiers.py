@@ -1,18 +1,19 @@
 """Hub constructors for the official ImageNet-1k linear classifiers (``*_lc``, SPEC §5.4).
 
 Each entry builds the matching backbone through :mod:`dino_mm.hub.backbones` and wraps it
-in :class:`~dino_mm.models.heads.linear.DinoLinearClassifier`. Files are local only:
-``weights`` / ``backbone_weights`` are paths or the tag ``'IMAGENET1K'`` / ``'LVD142M'``
-(resolved in ``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights`` or torch.hub's checkpoint
-folder); a missing file raises ``FileNotFoundError`` naming the expected official file.
+in :class:`~dino_mm.models.heads.linear.DinoLinearClassifier`. As in the official hub, the
+default loads the official head and backbone files, looked up locally by
+:mod:`dino_mm.hub.utils` (nothing is downloaded); if either is missing, the default warns
+loudly, naming every missing file, and returns the random init. ``pretrained=True`` makes a
+missing file a ``FileNotFoundError``; ``pretrained=False`` gives random weights silently.
+``weights`` / ``backbone_weights`` (a path or the tag ``'IMAGENET1K'`` / a backbone tag)
+are always loaded.
 """
 from typing import Optional
 
-import torch
-
 from dino_mm.models.heads.linear import DinoLinearClassifier
 from . import backbones as _backbones
-from .utils import resolve_weights
+from .utils import WeightsRequest, resolve_entry_weights
 
 __all__ = [
     'dinov2_vits14_lc', 'dinov2_vitb14_lc', 'dinov2_vitl14_lc', 'dinov2_vitg14_lc',
@@ -31,25 +32,31 @@ def linear_head_file_name(backbone_name: str, layers: int = 4) -> str:
     return f'{full}_linear{"4" if layers == 4 else ""}_head.pth'
 
 
-def _make_lc(backbone_name: str, layers: int, pretrained: bool, weights: Optional[str],
-             backbone_weights: Optional[str], **kwargs) -> DinoLinearClassifier:
+def _make_lc(backbone_name: str, layers: int, pretrained: Optional[bool],
+             weights: Optional[str], backbone_weights: Optional[str],
+             **kwargs) -> DinoLinearClassifier:
     if backbone_name == 'dinov3_vit7b16' and layers != 1:
         raise ValueError('dinov3_vit7b16_lc has a single released head, on cat(cls, '
                          f'mean(patch)) of the last block: use layers=1 (got {layers})')
+    name = f'{backbone_name}_lc'
+    bb_files = _backbones.BACKBONE_WEIGHTS[backbone_name]
+    paths = resolve_entry_weights(name, pretrained, [
+        WeightsRequest('head', weights,
+                       {'IMAGENET1K': linear_head_file_name(backbone_name, layers)},
+                       'IMAGENET1K', explicit=weights is not None),
+        WeightsRequest('backbone', backbone_weights, bb_files, next(iter(bb_files)),
+                       explicit=backbone_weights is not None, arg='backbone_weights'),
+    ])  # both files before building, so a missing one fails fast
     backbone = getattr(_backbones, backbone_name)(
-        pretrained=pretrained and backbone_weights is None, weights=backbone_weights,
-        **kwargs)
+        pretrained=paths['backbone'] is not None, weights=paths['backbone'], **kwargs)
     model = DinoLinearClassifier(backbone, layers=layers, num_classes=1000)
-    if pretrained or weights is not None:
-        head_file = linear_head_file_name(backbone_name, layers)
-        path = resolve_weights(f'{backbone_name}_lc', weights, {'IMAGENET1K': head_file},
-                               'IMAGENET1K')
-        model.load_head(path)
+    if paths['head'] is not None:
+        model.load_head(paths['head'])
     return model.eval()
 
 
 def _entry(backbone_name: str, default_layers: int):
-    def constructor(layers: int = default_layers, pretrained: bool = False,
+    def constructor(layers: int = default_layers, pretrained: Optional[bool] = None,
                     weights: Optional[str] = None, backbone_weights: Optional[str] = None,
                     **kwargs) -> DinoLinearClassifier:
         return _make_lc(backbone_name, layers, pretrained, weights, backbone_weights,
@@ -62,12 +69,15 @@ def _entry(backbone_name: str, default_layers: int):
     Args:
         layers (int): 4 (``{linear_head_file_name(backbone_name, 4)}``) or 1
             (``{linear_head_file_name(backbone_name, 1)}``). Defaults to {default_layers}.
-        pretrained (bool): Load the head and the backbone from local official files.
-            Defaults to False.
-        weights (str, optional): Local head file or tag 'IMAGENET1K'; implies loading
-            the head.
+        pretrained (bool, optional): Load the official head and backbone files
+            (``{next(iter(_backbones.BACKBONE_WEIGHTS[backbone_name].values()))}``) found in
+            ``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights`` or torch.hub's checkpoint
+            folder; never downloads. None (default, the official behaviour): load both if
+            both are here, else warn loudly naming the missing files and return the random
+            init. True: a missing file raises ``FileNotFoundError``. False: random init.
+        weights (str, optional): Local head file or tag 'IMAGENET1K'; always loaded.
         backbone_weights (str, optional): Local backbone file or tag, passed to the
-            backbone hub entry; implies loading the backbone.
+            backbone hub entry; always loaded.
         **kwargs: Override backbone arguments.
     """
     return constructor

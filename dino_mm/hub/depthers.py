@@ -2,16 +2,21 @@
 bins head on 1 or 4 layers), ``dinov2_vit{s,b,l,g}14_dd`` (DPT head) and
 ``dinov3_vit7b16_dd`` (SYNTHMIX-trained DPT).
 
-Nothing is downloaded. ``weights`` names the training set ('NYU' or 'KITTI', as in the
-official signature) or is a local head checkpoint; with ``pretrained=True`` the official head
-and backbone files are looked up in ``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights`` and
-``<torch hub dir>/checkpoints``, and a missing file raises an error naming it.
+As in the official hub, the default loads the official head and backbone files, looked up
+locally by :mod:`dino_mm.hub.utils` (``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights``,
+``<torch hub dir>/checkpoints``; nothing is downloaded); if either is missing, the default
+warns loudly, naming every missing file, and returns the random init. ``pretrained=True``
+makes a missing file a ``FileNotFoundError`` naming it; ``pretrained=False`` gives random
+weights silently. ``weights`` names the training set of the head file ('NYU' or 'KITTI',
+'SYNTHMIX' for the DINOv3 depther, as in the official signature) or is a local head
+checkpoint, which is always loaded; so is ``backbone_weights`` (a local file or tag).
 """
-import glob
-import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+
+from .backbones import BACKBONE_WEIGHTS
+from .utils import WeightsRequest, resolve_entry_weights
 
 __all__ = [
     'dinov2_vits14_ld', 'dinov2_vitb14_ld', 'dinov2_vitl14_ld', 'dinov2_vitg14_ld',
@@ -25,6 +30,8 @@ _V2_OUT_INDEX = {'s': [2, 5, 8, 11], 'b': [2, 5, 8, 11], 'l': [4, 11, 17, 23],
 _V2_DEPTH = {'s': 12, 'b': 12, 'l': 24, 'g': 40}
 _V2_DIM = {'s': 384, 'b': 768, 'l': 1024, 'g': 1536}
 _DEPTH_RANGES = {'NYU': (1e-3, 10.0), 'KITTI': (1e-3, 80.0)}
+# The official SYNTHMIX DPT head of the DINOv3 ViT-7B (hash of the released file).
+_V3_7B_DPT_HEAD = 'dinov3_vit7b16_synthmix_dpt_head-02040be1.pth'
 
 
 def depther_out_index(size: str, layers: int = 4) -> List[int]:
@@ -36,48 +43,19 @@ def depther_out_index(size: str, layers: int = 4) -> List[int]:
     raise ValueError(f'layers must be 1 or 4, got {layers}.')
 
 
-def _search_dirs() -> List[str]:
-    dirs = [os.environ.get('DINO_MM_WEIGHTS'), os.path.expanduser('~/.cache/dino_mm/weights'),
-            os.path.join(torch.hub.get_dir(), 'checkpoints')]
-    return [d for d in dirs if d]
+def _head_request(weights: Optional[str], file_names: Dict[str, str],
+                  default: str) -> WeightsRequest:
+    """A dataset tag selects the official head file (loaded as ``pretrained`` says); any
+    other value is the user's own file, always loaded."""
+    is_tag = weights is None or str(weights).upper() in file_names
+    return WeightsRequest('head', default if weights is None else weights, file_names,
+                          default, explicit=not is_tag)
 
 
-def _find(pattern: str, what: str, entry: str) -> str:
-    for d in _search_dirs():
-        hits = sorted(glob.glob(os.path.join(d, pattern)))
-        if hits:
-            return hits[0]
-    raise FileNotFoundError(
-        f'{entry}(pretrained=True) needs the official {what} file {pattern!r}, which cannot be '
-        f'downloaded here. Put it in one of {_search_dirs()} (or set $DINO_MM_WEIGHTS), or pass '
-        'its path explicitly (weights=<head file>, backbone_weights=<backbone file>), or use '
-        'pretrained=False for random weights.')
-
-
-def _local_file(path: str, what: str) -> str:
-    path = os.path.expanduser(str(path))
-    if path.startswith(('http://', 'https://')):
-        raise ValueError(f'{what} {path!r}: URLs cannot be fetched offline; download the file '
-                         'and pass its local path.')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'{what} {path!r} does not exist.')
-    return path
-
-
-def _dataset_and_range(
-        weights: Optional[str], depth_range: Optional[Tuple[float, float]],
-        pretrained: bool) -> Tuple[Optional[str], Optional[str], Tuple[float, float]]:
-    """(dataset name, head file path or None, depth range) from the official arguments."""
-    dataset, head_path = None, None
-    if weights is None or str(weights).upper() in _DEPTH_RANGES:
-        dataset = str(weights or 'NYU').upper()
-    else:
-        head_path = _local_file(weights, 'weights')
-    if depth_range is None:
-        # Official default: KITTI range only for KITTI weights; NYU range otherwise.
-        depth_range = _DEPTH_RANGES['KITTI'] if (pretrained and dataset == 'KITTI') \
-            else _DEPTH_RANGES['NYU']
-    return dataset, head_path, tuple(depth_range)
+def _backbone_request(arch: str, backbone_weights: Optional[str]) -> WeightsRequest:
+    files = BACKBONE_WEIGHTS[arch]
+    return WeightsRequest('backbone', backbone_weights, files, next(iter(files)),
+                          explicit=backbone_weights is not None, arg='backbone_weights')
 
 
 def _load_head(model: torch.nn.Module, path: str) -> None:
@@ -86,8 +64,12 @@ def _load_head(model: torch.nn.Module, path: str) -> None:
     The official loader only defines its state dict inside ``if 'state_dict' in ckpt``
     (NameError otherwise); a bare state dict is accepted here too.
     """
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    from dino_mm.models.converters import read_checkpoint  # the safe checkpoint reader
+    obj = read_checkpoint(path)[0]
     sd = obj.get('state_dict', obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict):
+        raise TypeError(f'{path}: expected a depth head state dict, got '
+                        f'{type(sd).__name__}.')
     sd = {k: v for k, v in sd.items() if k.startswith('decode_head.')}
     if not sd:
         raise KeyError(f'{path}: no decode_head.* key; is this a depth head checkpoint?')
@@ -116,15 +98,26 @@ def _build(backbone: dict, head: dict) -> torch.nn.Module:
     return model
 
 
-def _make_dinov2_depther(size: str, head: str, *, layers: int = 4, pretrained: bool = False,
-                         weights: Optional[str] = 'NYU',
+def _make_dinov2_depther(size: str, head: str, *, layers: int = 4,
+                         pretrained: Optional[bool] = None, weights: Optional[str] = 'NYU',
                          depth_range: Optional[Tuple[float, float]] = None,
                          backbone_weights: Optional[str] = None,
                          official_bins_quirk: bool = True, **kwargs: Any) -> torch.nn.Module:
     entry = f'dinov2_vit{size}14_{"ld" if head == "linear" else "dd"}'
-    dataset, head_path, (min_depth, max_depth) = _dataset_and_range(weights, depth_range,
-                                                                    pretrained)
     out_index = depther_out_index(size, layers if head == 'linear' else 4)
+    suffix = f'linear{"4" if layers == 4 else ""}' if head == 'linear' else 'dpt'
+    head_files = {ds: f'dinov2_vit{size}14_{ds.lower()}_{suffix}_head.pth'
+                  for ds in _DEPTH_RANGES}
+    head_req = _head_request(weights, head_files, 'NYU')
+    dataset = None if head_req.explicit else str(head_req.weights).upper()
+    # Files are resolved before building so a missing file fails fast (ViT-g is large).
+    paths = resolve_entry_weights(entry, pretrained, [
+        head_req, _backbone_request(f'dinov2_vit{size}14', backbone_weights)])
+    if depth_range is None:
+        # Official default: KITTI range only for the KITTI weights; NYU range otherwise.
+        depth_range = _DEPTH_RANGES['KITTI' if paths['head'] and dataset == 'KITTI'
+                                    else 'NYU']
+    min_depth, max_depth = tuple(depth_range)
     embed_dim = kwargs.get('embed_dim', _V2_DIM[size])
     backbone = dict(type='dino_mm.DinoVisionTransformer', arch=f'dinov2_vit{size}14',
                     out_indices=out_index, out_type='cls_featmap', norm_out=False, **kwargs)
@@ -136,31 +129,27 @@ def _make_dinov2_depther(size: str, head: str, *, layers: int = 4, pretrained: b
                    n_bins=256, bins_strategy='UD', norm_strategy='linear',
                    min_depth=min_depth, max_depth=max_depth,
                    hub_bins_quirk=official_bins_quirk, loss_decode=[])
-        suffix = f'linear{"4" if layers == 4 else ""}'
     else:
         dec = dict(type='dino_mm.DPTDepthHead', embed_dims=embed_dim, channels=256,
                    post_process_channels=[embed_dim // 2**(3 - i) for i in range(4)],
                    readout_type='project', min_depth=min_depth, max_depth=max_depth,
                    loss_decode=[])
-        suffix = 'dpt'
-    # Files are resolved before building so a missing file fails fast (ViT-g is large).
-    bb_path = None
-    if pretrained or backbone_weights is not None:
-        bb_path = (_local_file(backbone_weights, 'backbone_weights') if backbone_weights
-                   else _find(f'dinov2_vit{size}14_pretrain.pth', 'backbone', entry))
-    if pretrained and head_path is None:
-        head_path = _find(f'dinov2_vit{size}14_{dataset.lower()}_{suffix}_head.pth',
-                          'depth head', entry)
-    model = _build(backbone, dec)
-    if bb_path is not None:
-        _load_backbone(model, bb_path)
-    if head_path is not None:
-        _load_head(model, head_path)
+    return _build_and_load(backbone, dec, paths)
+
+
+def _build_and_load(backbone: dict, head: dict,
+                    paths: Dict[str, Optional[str]]) -> torch.nn.Module:
+    model = _build(backbone, head)
+    if paths['backbone'] is not None:
+        _load_backbone(model, paths['backbone'])
+    if paths['head'] is not None:
+        _load_head(model, paths['head'])
     return model
 
 
 def _ld(size):
-    def fn(*, layers: int = 4, pretrained: bool = False, weights: Optional[str] = 'NYU',
+    def fn(*, layers: int = 4, pretrained: Optional[bool] = None,
+           weights: Optional[str] = 'NYU',
            depth_range: Optional[Tuple[float, float]] = None,
            backbone_weights: Optional[str] = None, **kwargs: Any) -> torch.nn.Module:
         return _make_dinov2_depther(size, 'linear', layers=layers, pretrained=pretrained,
@@ -172,18 +161,21 @@ def _ld(size):
 
     Args:
         layers (int): 4 (blocks {_V2_OUT_INDEX[size]}) or 1 (last block). Defaults to 4.
-        pretrained (bool): Load the official backbone and head files (local). Defaults to False.
-        weights (str): 'NYU', 'KITTI' or a local head checkpoint. Defaults to 'NYU'.
+        pretrained (bool, optional): Load the official head and backbone files (local, see
+            the module docstring). None (default): load them if both are here, else warn
+            loudly and return random weights. True: a missing file raises. False: random.
+        weights (str): 'NYU', 'KITTI' (selects the official head file) or a local head
+            checkpoint (always loaded). Defaults to 'NYU'.
         depth_range (tuple, optional): Ignored by the official linear head (bins always
             0.001..80) unless ``official_bins_quirk=False``.
-        backbone_weights (str, optional): Local backbone checkpoint.
+        backbone_weights (str, optional): Local backbone checkpoint or tag (always loaded).
         **kwargs: Backbone overrides (``official_bins_quirk`` is taken out first).
     """)
     return fn
 
 
 def _dd(size):
-    def fn(*, pretrained: bool = False, weights: Optional[str] = 'NYU',
+    def fn(*, pretrained: Optional[bool] = None, weights: Optional[str] = 'NYU',
            depth_range: Optional[Tuple[float, float]] = None,
            backbone_weights: Optional[str] = None, **kwargs: Any) -> torch.nn.Module:
         return _make_dinov2_depther(size, 'dpt', pretrained=pretrained, weights=weights,
@@ -195,11 +187,14 @@ def _dd(size):
     blocks {_V2_OUT_INDEX[size]}.
 
     Args:
-        pretrained (bool): Load the official backbone and head files (local). Defaults to False.
-        weights (str): 'NYU', 'KITTI' or a local head checkpoint. Defaults to 'NYU'.
+        pretrained (bool, optional): Load the official head and backbone files (local, see
+            the module docstring). None (default): load them if both are here, else warn
+            loudly and return random weights. True: a missing file raises. False: random.
+        weights (str): 'NYU', 'KITTI' (selects the official head file) or a local head
+            checkpoint (always loaded). Defaults to 'NYU'.
         depth_range (tuple, optional): Defaults to (0.001, 10) for NYU / random weights and
-            (0.001, 80) for KITTI.
-        backbone_weights (str, optional): Local backbone checkpoint.
+            (0.001, 80) for the loaded KITTI head.
+        backbone_weights (str, optional): Local backbone checkpoint or tag (always loaded).
         **kwargs: Backbone overrides.
     """)
     return fn
@@ -211,7 +206,7 @@ dinov2_vits14_dd, dinov2_vitb14_dd = _dd('s'), _dd('b')
 dinov2_vitl14_dd, dinov2_vitg14_dd = _dd('l'), _dd('g')
 
 
-def dinov3_vit7b16_dd(*, pretrained: bool = False, weights: Optional[str] = None,
+def dinov3_vit7b16_dd(*, pretrained: Optional[bool] = None, weights: Optional[str] = None,
                       backbone_weights: Optional[str] = None,
                       depth_range: Tuple[float, float] = (1e-3, 100.0),
                       **kwargs: Any) -> torch.nn.Module:
@@ -220,15 +215,21 @@ def dinov3_vit7b16_dd(*, pretrained: bool = False, weights: Optional[str] = None
     post-process channels [2048]*4, BatchNorm, 256 bins over ``depth_range``.
 
     Args:
-        pretrained (bool): Load the official files (local only). Defaults to False.
-        weights (str, optional): Local head checkpoint; default: search for
-            ``dinov3_vit7b16_synthmix_dpt_head*.pth``.
-        backbone_weights (str, optional): Local backbone checkpoint; default: search for
-            ``dinov3_vit7b16_pretrain_lvd1689m*.pth``.
+        pretrained (bool, optional): Load the official files
+            ``dinov3_vit7b16_synthmix_dpt_head-02040be1.pth`` and
+            ``dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth`` (local only). None
+            (default): load them if both are here, else warn loudly and return random
+            weights. True: a missing file raises. False: random.
+        weights (str, optional): 'SYNTHMIX' (the default, the official head file) or a
+            local head checkpoint (always loaded).
+        backbone_weights (str, optional): Local backbone checkpoint or tag (always loaded).
         depth_range (tuple): Defaults to (0.001, 100).
         **kwargs: Backbone overrides.
     """
     entry = 'dinov3_vit7b16_dd'
+    paths = resolve_entry_weights(entry, pretrained, [  # before building: fail fast
+        _head_request(weights, {'SYNTHMIX': _V3_7B_DPT_HEAD}, 'SYNTHMIX'),
+        _backbone_request('dinov3_vit7b16', backbone_weights)])
     out_index = kwargs.pop('out_indices', [9, 19, 29, 39])
     backbone = dict(type='dino_mm.DinoVisionTransformer', arch='dinov3_vit7b16',
                     out_indices=out_index, out_type='featmap', norm_out=True, **kwargs)
@@ -238,16 +239,5 @@ def dinov3_vit7b16_dd(*, pretrained: bool = False, weights: Optional[str] = None
                norm_cfg=dict(type='BN'), classify=True, n_bins=256, bins_strategy='UD',
                norm_strategy='linear', min_depth=depth_range[0], max_depth=depth_range[1],
                loss_decode=[])
-    bb_path = head_path = None
-    if pretrained or backbone_weights is not None:
-        bb_path = (_local_file(backbone_weights, 'backbone_weights') if backbone_weights
-                   else _find('dinov3_vit7b16_pretrain_lvd1689m*.pth', 'backbone', entry))
-    if pretrained or weights is not None:
-        head_path = (_local_file(weights, 'weights') if weights
-                     else _find('dinov3_vit7b16_synthmix_dpt_head*.pth', 'depth head', entry))
-    model = _build(backbone, dec)
-    if bb_path is not None:
-        _load_backbone(model, bb_path)
-    if head_path is not None:
-        _load_head(model, head_path)
-    return model
+    return _build_and_load(backbone, dec, paths)
+

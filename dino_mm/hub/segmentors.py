@@ -3,18 +3,24 @@
 Names follow the official head files: ``dinov2_vit{s,b,l,g}14_{ade20k,voc2012}_{linear,ms}``
 (heads ``{backbone}_{dataset}_{linear|ms}_head.pth``), ``dinov2_vitg14_ade20k_m2f`` and the
 DINOv3 hub name ``dinov3_vit7b16_ms`` (ADE20K Mask2Former). Each returns a
-``dino_mm.DinoEncoderDecoder`` in eval mode. Weights are local files only:
-``weights`` is the head (or full segmentor) checkpoint, ``backbone_weights`` the
-official backbone file; with ``pretrained=True`` missing paths are looked up as
-``$DINO_MM_WEIGHTS/<official name>`` or ``~/.cache/dino_mm/weights/<official name>``,
-and a clear error says where to put them. Nothing is ever downloaded.
+``dino_mm.DinoEncoderDecoder`` in eval mode.
+
+As in the official hub, the default loads the official files -- the head and the backbone,
+or the whole segmentor for ``dinov2_vitg14_ade20k_m2f`` -- looked up locally by
+:mod:`dino_mm.hub.utils` (``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights``, torch.hub's
+checkpoint folder; nothing is ever downloaded); if any is missing, the default warns loudly,
+naming every missing file, and returns the random init. ``pretrained=True`` makes a missing
+file a ``FileNotFoundError`` naming it and where to put it; ``pretrained=False`` gives
+random weights silently. ``weights`` (the head or full segmentor checkpoint) and
+``backbone_weights`` (the backbone file), when given, are always loaded.
 """
-import os
-import os.path as osp
 from typing import Dict, Optional
 
 import torch.nn as nn
 from mmengine.config import ConfigDict
+
+from .backbones import BACKBONE_WEIGHTS
+from .utils import WeightsRequest, resolve_entry_weights
 
 __all__ = []
 
@@ -25,32 +31,31 @@ _V2 = {  # name: (arch, embed_dim, depth)
     'g': ('dinov2_vitg14', 1536, 40),
 }
 _NUM_CLASSES = {'ade20k': 150, 'voc2012': 21}
-_V3_7B_BACKBONE = 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'
 _V3_7B_M2F_HEAD = 'dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth'
 
 
-def _weights_dirs():
-    dirs = []
-    if os.environ.get('DINO_MM_WEIGHTS'):
-        dirs.append(os.environ['DINO_MM_WEIGHTS'])
-    dirs.append(osp.join(osp.expanduser('~'), '.cache', 'dino_mm', 'weights'))
-    return dirs
+def _resolve(entry: str, pretrained: Optional[bool], weights: Optional[str],
+             head_file: str, backbone_weights: Optional[str] = None,
+             backbone_arch: Optional[str] = None,
+             what: str = 'head', tag: str = 'ADE20K') -> Dict[str, Optional[str]]:
+    """The entry's files (``what``, the official ``head_file`` of dataset ``tag``, and with
+    ``backbone_arch`` the ``'backbone'``), resolved before building so that a missing file
+    fails fast."""
+    requests = [WeightsRequest(what, weights, {tag: head_file}, tag,
+                               explicit=weights is not None)]
+    if backbone_arch is not None:
+        files = BACKBONE_WEIGHTS[backbone_arch]
+        requests.append(WeightsRequest('backbone', backbone_weights, files,
+                                       next(iter(files)),
+                                       explicit=backbone_weights is not None,
+                                       arg='backbone_weights'))
+    return resolve_entry_weights(entry, pretrained, requests)
 
 
-def _resolve(path: Optional[str], official_name: str, what: str, entry: str) -> str:
-    if path is not None:
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{entry}: {what} file {path!r} does not exist.')
-        return path
-    for d in _weights_dirs():
-        candidate = osp.join(d, official_name)
-        if osp.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(
-        f'{entry}(pretrained=True) needs the {what} file {official_name!r}, which dino_mm '
-        f'never downloads. Get it from the official release and put it in one of '
-        f'{_weights_dirs()} (set $DINO_MM_WEIGHTS to choose the folder), or pass its '
-        f'local path explicitly.')
+def _load_backbone(backbone: nn.Module, path: str) -> None:
+    """The official backbone file (any layout the backbone loader reads), strictly."""
+    from dino_mm.models.backbones.utils import load_checkpoint_strict
+    load_checkpoint_strict(backbone, path)
 
 
 def _linear_model(arch: str, dim: int, depth: int, num_classes: int, head: str,
@@ -107,21 +112,16 @@ def _make_linear_entry(size: str, dataset: str, head: str):
     arch, dim, depth = _V2[size]
     name = f'dinov2_vit{size}14_{dataset}_{head}'
 
-    def entry(pretrained: bool = False, weights: Optional[str] = None,
+    def entry(pretrained: Optional[bool] = None, weights: Optional[str] = None,
               backbone_weights: Optional[str] = None, **kwargs) -> nn.Module:
-        head_path = backbone_path = None
-        if pretrained or weights is not None:  # resolve first: fail before building
-            head_path = _resolve(weights, f'dinov2_vit{size}14_{dataset}_{head}_head.pth',
-                                 'head', name)
-        if pretrained or backbone_weights is not None:
-            backbone_path = _resolve(backbone_weights, f'{arch}_pretrain.pth',
-                                     'backbone', name)
+        paths = _resolve(name, pretrained, weights, f'{name}_head.pth', backbone_weights,
+                         arch, tag=dataset.upper())
+        head_path, backbone_path = paths['head'], paths['backbone']
         model = _linear_model(arch, dim, depth, _NUM_CLASSES[dataset], head, kwargs)
         if head_path is not None:
             _load(model, name, head_path, backbone_path)
         elif backbone_path is not None:
-            from dino_mm.models.segmentation import load_state_dict_file
-            model.backbone.load_state_dict(load_state_dict_file(backbone_path), strict=True)
+            _load_backbone(model.backbone, backbone_path)
         return model.eval()
 
     entry.__name__ = entry.__qualname__ = name
@@ -129,10 +129,14 @@ def _make_linear_entry(size: str, dataset: str, head: str):
         f"""DINOv2 ViT-{size.upper()}/14 frozen + {head} head on {dataset} (mmseg model).
 
         Args:
-            pretrained (bool): Load the official head and backbone from local files
-                (``{name}_head.pth``, ``{arch}_pretrain.pth``). Defaults to False.
-            weights (str, optional): Local head (or full segmentor) checkpoint.
-            backbone_weights (str, optional): Local official backbone checkpoint.
+            pretrained (bool, optional): Load the official head and backbone from local
+                files (``{name}_head.pth``, ``{arch}_pretrain.pth``). None (default): load
+                them if both are here, else warn loudly and return random weights. True:
+                a missing file raises. False: random weights.
+            weights (str, optional): Local head (or full segmentor) checkpoint; always
+                loaded.
+            backbone_weights (str, optional): Local official backbone checkpoint or tag;
+                always loaded.
             **kwargs: Forwarded to ``DinoVisionTransformer`` (e.g. ``depth``).
 
         Returns:
@@ -228,16 +232,18 @@ def _load_full(model: nn.Module, entry: str, path: str) -> None:
             'checkpoint.')
 
 
-def dinov2_vitg14_ade20k_m2f(pretrained: bool = False, weights: Optional[str] = None,
+def dinov2_vitg14_ade20k_m2f(pretrained: Optional[bool] = None, weights: Optional[str] = None,
                              backbone_kwargs: Optional[Dict] = None,
                              adapter_kwargs: Optional[Dict] = None,
                              feat_channels: int = 256, **kwargs) -> nn.Module:
     """DINOv2 ViT-g/14 (frozen) + ViT-Adapter + Mask2Former on ADE20K.
 
     Args:
-        pretrained (bool): Load ``dinov2_vitg14_ade20k_m2f.pth`` from the local weights
-            folder (a dino_mm-layout segmentor checkpoint). Defaults to False.
-        weights (str, optional): Local segmentor checkpoint path.
+        pretrained (bool, optional): Load ``dinov2_vitg14_ade20k_m2f.pth`` (the whole
+            segmentor, in the dino_mm layout) from the local weights folders. None
+            (default): load it if it is here, else warn loudly and return random weights.
+            True: a missing file raises. False: random weights.
+        weights (str, optional): Local segmentor checkpoint path; always loaded.
         backbone_kwargs (dict, optional): Overrides for ``DinoVisionTransformer``.
         adapter_kwargs (dict, optional): Overrides for ``DinoViTAdapter``.
         feat_channels (int): Mask2Former width. Defaults to 256 (unverified).
@@ -251,10 +257,8 @@ def dinov2_vitg14_ade20k_m2f(pretrained: bool = False, weights: Optional[str] = 
     indices = [depth // 4 * (i + 1) - 1 for i in range(4)]
     ak = dict(adapter_kwargs or {})
     heads = ak.pop('deform_num_heads', 24)
-    path = None
-    if pretrained or weights is not None:  # resolve first: fail before building
-        path = _resolve(weights, 'dinov2_vitg14_ade20k_m2f.pth', 'segmentor',
-                        'dinov2_vitg14_ade20k_m2f')
+    path = _resolve('dinov2_vitg14_ade20k_m2f', pretrained, weights,
+                    'dinov2_vitg14_ade20k_m2f.pth', what='segmentor')['segmentor']
     model = _m2f_model('dinov2_vitg14', 1536, indices, feat_channels, heads,
                        dict(mode='whole'), bk, ak)
     if path is not None:
@@ -262,7 +266,7 @@ def dinov2_vitg14_ade20k_m2f(pretrained: bool = False, weights: Optional[str] = 
     return model.eval()
 
 
-def dinov3_vit7b16_ms(pretrained: bool = False, weights: Optional[str] = None,
+def dinov3_vit7b16_ms(pretrained: Optional[bool] = None, weights: Optional[str] = None,
                       backbone_weights: Optional[str] = None,
                       backbone_kwargs: Optional[Dict] = None,
                       adapter_kwargs: Optional[Dict] = None,
@@ -273,11 +277,15 @@ def dinov3_vit7b16_ms(pretrained: bool = False, weights: Optional[str] = None,
     [0.9, 0.95, 1.0, 1.05, 1.1].
 
     Args:
-        pretrained (bool): Load the local files ``dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth``
-            (a dino_mm-layout checkpoint; the official layout is not convertible yet)
-            and the backbone. Defaults to False.
-        weights (str, optional): Local segmentor checkpoint path.
-        backbone_weights (str, optional): Local official backbone checkpoint path.
+        pretrained (bool, optional): Load the local files
+            ``dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth`` (a dino_mm-layout checkpoint;
+            the official layout is not convertible yet) and
+            ``dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth``. None (default): load them if
+            both are here, else warn loudly and return random weights. True: a missing
+            file raises. False: random weights.
+        weights (str, optional): Local segmentor checkpoint path; always loaded.
+        backbone_weights (str, optional): Local official backbone checkpoint path or tag;
+            always loaded.
         backbone_kwargs (dict, optional): Overrides for ``DinoVisionTransformer``.
         adapter_kwargs (dict, optional): Overrides for ``DinoViTAdapter``.
         feat_channels (int): Mask2Former hidden width. Defaults to 2048 (SPEC 9.6).
@@ -293,20 +301,15 @@ def dinov3_vit7b16_ms(pretrained: bool = False, weights: Optional[str] = None,
     heads = ak.pop('deform_num_heads', 32)
     test_cfg = dict(mode='slide', crop_size=(896, 896), stride=(596, 596),
                     img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1])
-    path = backbone_path = None
-    if pretrained or weights is not None:  # resolve first: fail before building
-        path = _resolve(weights, _V3_7B_M2F_HEAD, 'segmentor', 'dinov3_vit7b16_ms')
-    if pretrained or backbone_weights is not None:
-        backbone_path = _resolve(backbone_weights, _V3_7B_BACKBONE, 'backbone',
-                                 'dinov3_vit7b16_ms')
+    paths = _resolve('dinov3_vit7b16_ms', pretrained, weights, _V3_7B_M2F_HEAD,
+                     backbone_weights, 'dinov3_vit7b16', what='segmentor')
+    path, backbone_path = paths['segmentor'], paths['backbone']
     model = _m2f_model('dinov3_vit7b16', 4096, indices, feat_channels, heads, test_cfg,
                        bk, ak)
     if path is not None:
         _load_full(model, 'dinov3_vit7b16_ms', path)
     if backbone_path is not None:
-        from dino_mm.models.segmentation import load_state_dict_file
-        model.backbone.backbone.load_state_dict(load_state_dict_file(backbone_path),
-                                                strict=True)
+        _load_backbone(model.backbone.backbone, backbone_path)
     return model.eval()
 
 

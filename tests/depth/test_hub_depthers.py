@@ -13,7 +13,7 @@ def test_out_index_table():
 
 
 def test_vits14_ld_real_size_and_local_head(tmp_path):
-    model = depthers.dinov2_vits14_ld(layers=4)
+    model = depthers.dinov2_vits14_ld(layers=4, pretrained=False)
     head = model.decode_head
     assert list(model.backbone.out_indices) == [2, 5, 8, 11]
     assert head.conv_depth.weight.shape == (256, 384 * 4 * 2, 1, 1)
@@ -24,26 +24,29 @@ def test_vits14_ld_real_size_and_local_head(tmp_path):
     # an official-style head file {'state_dict': {'decode_head.conv_depth.*'}} loads
     sd = {f'decode_head.{k}': torch.randn_like(v) for k, v in head.state_dict().items()}
     torch.save({'state_dict': sd}, tmp_path / 'head.pth')
-    loaded = depthers.dinov2_vits14_ld(layers=4, weights=str(tmp_path / 'head.pth'))
+    loaded = depthers.dinov2_vits14_ld(layers=4, pretrained=False,
+                                       weights=str(tmp_path / 'head.pth'))
     assert torch.equal(loaded.decode_head.conv_depth.weight, sd['decode_head.conv_depth.weight'])
     # smaller widths below keep the test fast; the layer selection is the official one
-    one = depthers.dinov2_vits14_ld(layers=1, embed_dim=32, num_heads=2)
+    one = depthers.dinov2_vits14_ld(layers=1, pretrained=False, embed_dim=32, num_heads=2)
     assert list(one.backbone.out_indices) == [11]
     assert one.decode_head.conv_depth.weight.shape == (256, 64, 1, 1)
     with pytest.raises(RuntimeError, match='does not match'):
-        depthers.dinov2_vits14_ld(layers=4, embed_dim=32, num_heads=2,
+        depthers.dinov2_vits14_ld(layers=4, embed_dim=32, num_heads=2, pretrained=False,
                                   weights=str(tmp_path / 'head.pth'))
 
 
 def test_vits14_dd_layout():
-    model = depthers.dinov2_vits14_dd(weights='KITTI', embed_dim=64, num_heads=2)
+    model = depthers.dinov2_vits14_dd(pretrained=False, weights='KITTI', embed_dim=64,
+                                     num_heads=2)
     h = model.decode_head
     assert h.max_depth == 10.0  # not pretrained -> NYU range, as the official default
     assert list(model.backbone.out_indices) == [2, 5, 8, 11]
     assert h.post_process_channels == [8, 16, 32, 64] and h.channels == 256  # [D/8..D]
     assert h.readout_type == 'project'
     assert model.estimate_depth(torch.randn(1, 3, 28, 28)).shape == (1, 1, 28, 28)
-    ranged = depthers.dinov2_vits14_dd(depth_range=(0.1, 80.0), embed_dim=32, num_heads=2)
+    ranged = depthers.dinov2_vits14_dd(pretrained=False, depth_range=(0.1, 80.0), embed_dim=32,
+                                      num_heads=2)
     assert (ranged.decode_head.min_depth, ranged.decode_head.max_depth) == (0.1, 80.0)
 
 

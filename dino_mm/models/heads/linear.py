@@ -108,9 +108,15 @@ class DinoLinearClassifier(nn.Module):
             path (str): Local path of the ``*_linear*_head.pth`` file.
             strict (bool): Passed to ``load_state_dict``. Defaults to True.
         """
-        state_dict = torch.load(path, map_location='cpu', weights_only=True)
+        # The shared safe reader (.pth with the safe unpickler, or .safetensors), with
+        # its messages for missing, empty, truncated and unsafe files.
+        from dino_mm.models.converters import read_checkpoint
+        state_dict = read_checkpoint(path)[0]
         if isinstance(state_dict, dict) and 'state_dict' in state_dict:
             state_dict = state_dict['state_dict']
+        if not isinstance(state_dict, dict):
+            raise TypeError(f'{path}: expected a head state dict (weight, bias), got '
+                            f'{type(state_dict).__name__}; is this a linear head file?')
         expected = tuple(self.linear_head.weight.shape)
         got = tuple(state_dict['weight'].shape) if 'weight' in state_dict else None
         if got is not None and got != expected:

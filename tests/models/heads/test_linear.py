@@ -57,13 +57,14 @@ def test_hub_entries_offline(tmp_path, monkeypatch):
         'dinov2_vitb14_reg4_linear4_head.pth'
     assert hub.linear_head_file_name('dinov2_vitg14', 1) == 'dinov2_vitg14_linear_head.pth'
     small = dict(depth=4, embed_dim=32, num_heads=2, img_size=28)
-    model = hub.dinov2_vits14_reg_lc(**small)
+    model = hub.dinov2_vits14_reg_lc(pretrained=False, **small)
     assert model.linear_head.weight.shape == (1000, 160)
     with pytest.raises(FileNotFoundError, match='dinov2_vits14_reg4_linear4_head.pth'):
         hub.dinov2_vits14_reg_lc(weights='IMAGENET1K', **small)
     head = {'weight': torch.randn(1000, 64), 'bias': torch.randn(1000)}
     torch.save(head, tmp_path / 'dinov2_vits14_reg4_linear_head.pth')
-    model = hub.dinov2_vits14_reg_lc(layers=1, weights='IMAGENET1K', **small)
+    model = hub.dinov2_vits14_reg_lc(layers=1, pretrained=False, weights='IMAGENET1K',
+                                     **small)
     assert torch.equal(model.linear_head.weight, head['weight'])
     with pytest.raises(ValueError, match='layers=1'):
         hub.dinov3_vit7b16_lc(layers=4)

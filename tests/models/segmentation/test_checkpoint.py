@@ -45,7 +45,7 @@ def test_dinov3_keys_are_renamed():
 
 def test_hub_loads_official_head_and_backbone_files(tmp_path):
     hub = _hub()
-    ref = hub.dinov2_vits14_ade20k_linear(**TINY)
+    ref = hub.dinov2_vits14_ade20k_linear(pretrained=False, **TINY)
     head = _official_v2_head(32, 150)
     backbone = {k: torch.randn_like(v) if v.is_floating_point() else v
                 for k, v in ref.backbone.state_dict().items()}
@@ -86,7 +86,7 @@ def test_converter_tool_roundtrip(tmp_path):
     assert tool.main([str(tmp_path / 'v3_head.pth'), str(tmp_path / 'out.pth')]) == 0
     converted = torch.load(tmp_path / 'out.pth', weights_only=True)['state_dict']
     assert torch.equal(converted['decode_head.conv_seg.weight'], v3_head['conv.weight'])
-    model = _hub().dinov2_vits14_voc2012_linear(**TINY)
+    model = _hub().dinov2_vits14_voc2012_linear(pretrained=False, **TINY)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     assert not unexpected and all(k.startswith('backbone.') for k in missing)
     with pytest.raises(FileNotFoundError, match='nope.pth'):
@@ -102,7 +102,7 @@ def test_hub_dinov3_vit7b16_ms_tiny_and_missing_weights(tmp_path, monkeypatch):
                 adapter_kwargs=dict(conv_inplane=8, deform_num_heads=4))
     with pytest.raises(FileNotFoundError, match='dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth'):
         hub.dinov3_vit7b16_ms(pretrained=True, **tiny)
-    model = hub.dinov3_vit7b16_ms(**tiny)
+    model = hub.dinov3_vit7b16_ms(pretrained=False, **tiny)
     model.init_weights()
     model.test_cfg.update(crop_size=(48, 48), stride=(32, 32), img_ratios=[1.0])
     with torch.no_grad():
@@ -110,6 +110,6 @@ def test_hub_dinov3_vit7b16_ms_tiny_and_missing_weights(tmp_path, monkeypatch):
     assert out[0].pred_sem_seg.data.shape == (1, 48, 64)
     assert model.backbone.interaction_indexes == [0, 1, 2, 3]
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'm2f.pth')
-    again = hub.dinov3_vit7b16_ms(weights=str(tmp_path / 'm2f.pth'), **tiny)
+    again = hub.dinov3_vit7b16_ms(pretrained=False, weights=str(tmp_path / 'm2f.pth'), **tiny)
     for k, v in model.state_dict().items():
         assert torch.equal(again.state_dict()[k], v), k

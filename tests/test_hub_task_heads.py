@@ -1,0 +1,220 @@
+"""Task-head hub entries (``*_lc``, ``*_ld``, ``*_dd``, segmentors, ``dinov3_vit7b16_de``)
+default like the official hub and like the backbone entries: ``pretrained=None`` loads the
+official head and backbone files when both are on this machine and otherwise warns loudly
+(naming every missing file) and returns the random init; ``pretrained=True`` makes a missing
+file an error; ``pretrained=False`` is silent. Files are found by the one resolver of
+:mod:`dino_mm.hub.utils`, in a temporary ``$DINO_MM_WEIGHTS`` here.
+"""
+import importlib.util
+import inspect
+import os.path as osp
+import warnings
+
+import pytest
+import torch
+
+import dino_mm.hub as hub
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+V3_7B_BACKBONE = 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'
+
+# Every task-head entry -> the files its default needs (official names, SPEC §5.4).
+EXPECTED_FILES = {
+    'dinov3_vit7b16_lc': ['dinov3_vit7b16_imagenet1k_linear_head-90d8ed92.pth',
+                          V3_7B_BACKBONE],
+    'dinov3_vit7b16_dd': ['dinov3_vit7b16_synthmix_dpt_head-02040be1.pth', V3_7B_BACKBONE],
+    'dinov2_vitg14_ade20k_m2f': ['dinov2_vitg14_ade20k_m2f.pth'],
+    'dinov3_vit7b16_ms': ['dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth', V3_7B_BACKBONE],
+    # not an official file: the official Plain-DETR weights do not fit the mmdet detector
+    'dinov3_vit7b16_de': ['dinov3_vit7b16_coco_detector_dino_mm.pth'],
+}
+for _s in 'sblg':
+    _base = f'dinov2_vit{_s}14'
+    for _reg, _full in (('', _base), ('_reg', _base + '_reg4')):
+        EXPECTED_FILES[f'{_base}{_reg}_lc'] = [f'{_full}_linear4_head.pth',
+                                               f'{_full}_pretrain.pth']
+    EXPECTED_FILES[f'{_base}_ld'] = [f'{_base}_nyu_linear4_head.pth', f'{_base}_pretrain.pth']
+    EXPECTED_FILES[f'{_base}_dd'] = [f'{_base}_nyu_dpt_head.pth', f'{_base}_pretrain.pth']
+    for _ds in ('ade20k', 'voc2012'):
+        for _head in ('linear', 'ms'):
+            EXPECTED_FILES[f'{_base}_{_ds}_{_head}'] = [f'{_base}_{_ds}_{_head}_head.pth',
+                                                        f'{_base}_pretrain.pth']
+NEEDS = {'dinov3_vit7b16_de': 'mmdet.models', 'dinov2_vitg14_ade20k_m2f': 'mmdet.models',
+         'dinov3_vit7b16_ms': 'mmdet.models'}
+
+
+@pytest.fixture
+def weights_dir(monkeypatch, tmp_path):
+    """Empty weights folders: ``$DINO_MM_WEIGHTS``, ``~`` and torch.hub's dir in tmp."""
+    folder = tmp_path / 'weights'
+    folder.mkdir()
+    monkeypatch.setenv('DINO_MM_WEIGHTS', str(folder))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torchhub'))
+    return folder
+
+
+def _need(name):
+    if name in NEEDS or '_ade20k_' in name or '_voc2012_' in name:
+        from tests.oracles import require
+        require(NEEDS.get(name, 'mmseg.models'))
+
+
+def _random_warnings(record):
+    return [str(w.message) for w in record
+            if issubclass(w.category, UserWarning) and 'RANDOM' in str(w.message)]
+
+
+def _call_recording(fn, **kwargs):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter('always')
+        model = fn(**kwargs)
+    return model, _random_warnings(record)
+
+
+def _randomised(state):
+    """A copy of ``state`` whose float tensors are fresh random values."""
+    return {k: torch.randn_like(v) if v.is_floating_point() else v.clone()
+            for k, v in state.items()}
+
+
+def _assert_state_equal(model, expected):
+    state = model.state_dict()
+    assert set(expected) <= set(state)
+    for k, v in expected.items():
+        assert torch.equal(state[k], v), k
+
+
+def test_hubconf_exposes_every_task_entry_with_the_official_default():
+    spec = importlib.util.spec_from_file_location('hubconf', osp.join(REPO_ROOT, 'hubconf.py'))
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    entries = {n for n in dir(hubconf) if not n.startswith('_') and callable(getattr(hubconf, n))
+               and 'pretrained' in inspect.signature(getattr(hubconf, n)).parameters}
+    assert set(EXPECTED_FILES) <= entries, sorted(set(EXPECTED_FILES) - entries)
+    for name in sorted(entries):
+        default = inspect.signature(getattr(hubconf, name)).parameters['pretrained'].default
+        assert default is None, f'{name}: pretrained defaults to {default!r}, not None'
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED_FILES))
+def test_pretrained_true_without_files_names_every_file(name, weights_dir):
+    _need(name)
+    # meta: an entry that built its (full-size) model before resolving would still be cheap
+    with torch.device('meta'), pytest.raises(FileNotFoundError) as err:
+        getattr(hub, name)(pretrained=True)
+    text = str(err.value)
+    for file_name in EXPECTED_FILES[name]:
+        assert file_name in text, (file_name, text)
+    assert str(weights_dir) in text and 'never downloads' in text
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED_FILES))
+def test_default_without_files_warns_random_and_returns_the_model(name, weights_dir):
+    """Full-size architectures, built on the meta device (no memory, no weights)."""
+    _need(name)
+    with torch.device('meta'):
+        model, loud = _call_recording(getattr(hub, name))
+        silent, quiet = _call_recording(getattr(hub, name), pretrained=False)
+    assert isinstance(model, torch.nn.Module) and isinstance(silent, torch.nn.Module)
+    assert len(loud) == 1, loud
+    for file_name in EXPECTED_FILES[name]:
+        assert file_name in loud[0], (file_name, loud[0])
+    assert str(weights_dir) in loud[0]
+    assert quiet == []
+
+
+# ------------------------------------------------------ official-named files load by default
+LC_TINY = dict(depth=4, embed_dim=32, num_heads=2, img_size=28)
+
+
+def test_lc_default_loads_both_files_and_needs_both(weights_dir):
+    src = hub.dinov2_vits14_lc(pretrained=False, **LC_TINY)
+    head = _randomised(src.linear_head.state_dict())
+    backbone = _randomised(src.backbone.state_dict())
+    torch.save(head, weights_dir / 'dinov2_vits14_linear4_head.pth')
+    torch.save(backbone, weights_dir / 'dinov2_vits14_pretrain.pth')
+    model, loud = _call_recording(
+        torch.hub.load, repo_or_dir=REPO_ROOT, model='dinov2_vits14_lc', source='local',
+        **LC_TINY)
+    assert loud == []
+    _assert_state_equal(model, {'linear_head.' + k: v for k, v in head.items()})
+    _assert_state_equal(model, {'backbone.' + k: v for k, v in backbone.items()})
+    # One of the two files missing: the default loads neither and names the missing one.
+    (weights_dir / 'dinov2_vits14_pretrain.pth').unlink()
+    model, loud = _call_recording(hub.dinov2_vits14_lc, **LC_TINY)
+    assert len(loud) == 1 and 'dinov2_vits14_pretrain.pth' in loud[0]
+    assert 'dinov2_vits14_linear4_head.pth' not in loud[0]
+    assert not torch.equal(model.linear_head.weight, head['weight'])
+    with pytest.raises(FileNotFoundError, match='dinov2_vits14_pretrain.pth'):
+        hub.dinov2_vits14_lc(pretrained=True, **LC_TINY)
+    # An explicit head path is always loaded; the missing backbone alone is random.
+    model, loud = _call_recording(
+        hub.dinov2_vits14_lc, weights=str(weights_dir / 'dinov2_vits14_linear4_head.pth'),
+        **LC_TINY)
+    assert torch.equal(model.linear_head.weight, head['weight'])
+    assert len(loud) == 1 and 'its backbone has RANDOM' in loud[0]
+
+
+def test_ld_and_dd_default_load_official_files(weights_dir):
+    tiny = dict(embed_dim=32, num_heads=2)
+    src = hub.dinov2_vits14_ld(pretrained=False, **tiny)
+    head = {'decode_head.' + k: v for k, v in _randomised(src.decode_head.state_dict()).items()}
+    backbone = _randomised(src.backbone.state_dict())
+    torch.save({'state_dict': head}, weights_dir / 'dinov2_vits14_nyu_linear4_head.pth')
+    torch.save(backbone, weights_dir / 'dinov2_vits14_pretrain.pth')
+    model, loud = _call_recording(hub.dinov2_vits14_ld, **tiny)
+    assert loud == []
+    _assert_state_equal(model, head)
+    _assert_state_equal(model, {'backbone.' + k: v for k, v in backbone.items()})
+    # The official KITTI DPT head: found by its name, with the KITTI depth range.
+    dd = hub.dinov2_vits14_dd(pretrained=False, **tiny)
+    dd_head = {'decode_head.' + k: v for k, v in _randomised(dd.decode_head.state_dict()).items()}
+    torch.save({'state_dict': dd_head}, weights_dir / 'dinov2_vits14_kitti_dpt_head.pth')
+    model, loud = _call_recording(hub.dinov2_vits14_dd, weights='KITTI', **tiny)
+    assert loud == [] and model.decode_head.max_depth == 80.0
+    _assert_state_equal(model, dd_head)
+    model, loud = _call_recording(hub.dinov2_vits14_dd, weights='NYU', **tiny)
+    assert len(loud) == 1 and 'dinov2_vits14_nyu_dpt_head.pth' in loud[0]
+    assert model.decode_head.max_depth == 10.0  # random weights: the NYU range
+
+
+def test_segmentation_linear_default_loads_official_files(weights_dir):
+    _need('dinov2_vits14_ade20k_linear')
+    tiny = dict(depth=2, embed_dim=32, num_heads=2, img_size=56)
+    src = hub.dinov2_vits14_ade20k_linear(pretrained=False, **tiny)
+    state = _randomised(src.state_dict())
+    head = {k: v for k, v in state.items() if k.startswith('decode_head.')}
+    backbone = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    torch.save({'state_dict': head}, weights_dir / 'dinov2_vits14_ade20k_linear_head.pth')
+    torch.save(backbone, weights_dir / 'dinov2_vits14_pretrain.pth')
+    model, loud = _call_recording(hub.dinov2_vits14_ade20k_linear, **tiny)
+    assert loud == []
+    _assert_state_equal(model, state)
+
+
+def test_m2f_segmentor_default_loads_official_files(weights_dir):
+    _need('dinov3_vit7b16_ms')
+    tiny = dict(depth=4, embed_dim=32, num_heads=2, feat_channels=32,
+                adapter_kwargs=dict(conv_inplane=8, deform_num_heads=4))
+    src = hub.dinov3_vit7b16_ms(pretrained=False, **tiny)
+    full = _randomised(src.state_dict())
+    backbone = _randomised(src.backbone.backbone.state_dict())  # differs from full's ViT
+    torch.save({'state_dict': full}, weights_dir / 'dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth')
+    torch.save(backbone, weights_dir / V3_7B_BACKBONE)
+    model, loud = _call_recording(hub.dinov3_vit7b16_ms, **tiny)
+    assert loud == []
+    _assert_state_equal(model, {k: v for k, v in full.items()
+                                if not k.startswith('backbone.backbone.')})
+    _assert_state_equal(model.backbone.backbone, backbone)
+
+
+def test_detector_default_loads_its_file(weights_dir):
+    _need('dinov3_vit7b16_de')
+    tiny = dict(depth=4, embed_dim=32, num_heads=2, out_indices=[0, 1, 2, 3])
+    src = hub.dinov3_vit7b16_de(pretrained=False, **tiny)
+    state = _randomised(src.state_dict())
+    torch.save({'state_dict': state}, weights_dir / 'dinov3_vit7b16_coco_detector_dino_mm.pth')
+    model, loud = _call_recording(hub.dinov3_vit7b16_de, **tiny)
+    assert loud == []
+    _assert_state_equal(model, state)
