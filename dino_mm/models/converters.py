@@ -14,6 +14,13 @@ format has no room for a tensor (documented at each function): HF/timm drop the 
 k-bias (it is multiplied by a zero ``bias_mask`` anyway) and the RoPE periods (recomputed),
 timm drops the mask token and folds DINOv2-reg's class position embedding into the class
 token.
+
+DINOv3 ``local_cls_norm`` (ViT-7B, SAT-493M ViT-L: ``untie_global_and_local_cls_norm``) is
+a training-only norm of the local crops' class and storage tokens; the official model never
+applies it at eval, and HF / timm files do not store it. Converting such a file back to the
+official layout refills it as a copy of the final ``norm`` (``local_cls_norm=`` of
+:func:`convert_state_dict`; automatic for the 7B): eval outputs are unchanged, and a resumed
+pretraining starts with local crops normalised exactly as global ones.
 """
 import json
 import os
@@ -493,6 +500,25 @@ def _vit_timm_to_official(sd: StateDict, family: str, head_dim: Optional[int],
     return out
 
 
+def _fill_local_cls_norm(official: StateDict, wanted: Optional[bool]) -> None:
+    """Add the DINOv3 ``local_cls_norm`` that HF / timm files lack, as a copy of ``norm``.
+
+    The official ViT applies ``local_cls_norm`` only in training, to the class + storage
+    tokens of the local crops; at eval every token goes through ``norm``. A copy of
+    ``norm`` keeps the eval outputs and makes local crops start out normalised exactly
+    like global ones. ``wanted=None`` adds it for D = 4096 (the ViT-7B, the one released
+    width whose every model has it).
+    """
+    if 'local_cls_norm.weight' in official or 'norm.weight' not in official:
+        return
+    if wanted is None:
+        wanted = official['cls_token'].shape[-1] == 4096
+    if wanted:
+        for kind in ('weight', 'bias'):
+            if f'norm.{kind}' in official:
+                official[f'local_cls_norm.{kind}'] = official[f'norm.{kind}'].clone()
+
+
 # ---------------------------------------------------------------------------- HF config
 def _dinov2_mlp_ratio(dim: int, hidden: int, swiglu: bool) -> int:
     """The (integer: HF's config type) ``mlp_ratio`` from which HF's Dinov2 rebuilds an FFN
@@ -578,8 +604,8 @@ def hf_config_from_state_dict(sd: Mapping[str, torch.Tensor], family: Optional[s
 # ---------------------------------------------------------------------------- public API
 def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
                        family: Optional[str] = None, head_dim: Optional[int] = None,
-                       rope_base: float = 100.0, qkv_bias: Optional[bool] = None
-                       ) -> StateDict:
+                       rope_base: float = 100.0, qkv_bias: Optional[bool] = None,
+                       local_cls_norm: Optional[bool] = None) -> StateDict:
     """Convert a DINOv2/DINOv3 backbone state dict between layouts.
 
     Args:
@@ -595,6 +621,13 @@ def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
         qkv_bias (bool, optional): For timm DINOv3 files without q/v biases: emit zero
             biases (True, fits the released non-7B archs) or none (False). Defaults to
             ``D != 4096``.
+        local_cls_norm (bool, optional): For DINOv3 ViT files in the HF / timm layout
+            converted to the official one: add ``local_cls_norm.{weight,bias}`` (which
+            those layouts do not store) as a copy of ``norm.{weight,bias}`` (True), or
+            not (False). Needed by models built with
+            ``untie_global_and_local_cls_norm=True``; the official code only uses this
+            norm in training, so eval outputs do not depend on it. Defaults to
+            ``D == 4096`` (the ViT-7B; pass True for the SAT-493M ViT-L).
 
     Returns:
         dict: A new state dict in the target layout (tensors are shared, not copied,
@@ -606,6 +639,8 @@ def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
         raise LayoutError(f"unknown source layout {src!r}; choose one of {LAYOUTS + ('auto',)}.")
     if family is not None and family not in FAMILIES:
         raise LayoutError(f'unknown family {family!r}; choose one of {FAMILIES}.')
+    if local_cls_norm not in (None, True, False):
+        raise LayoutError(f'local_cls_norm must be None, True or False; got {local_cls_norm!r}.')
     sd = unchunk_blocks(unwrap_state_dict(sd))
     det_family, det_layout = detect_layout(sd)
     if src == 'auto':
@@ -617,6 +652,9 @@ def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
         family = det_family
     elif family != det_family and not {family, det_family} <= {'dinov2_vit', 'dinov3_vit'}:
         raise LayoutError(f'family {family!r} was given but the keys look like {det_family}.')
+    if local_cls_norm and family != 'dinov3_vit':
+        raise LayoutError(f'local_cls_norm only exists in DINOv3 ViTs; this is {family}: drop '
+                          f'the local_cls_norm option (--local-cls-norm).')
     if src == to:
         return dict(sd)
 
@@ -630,6 +668,8 @@ def convert_state_dict(sd: Mapping, to: str = 'official', src: str = 'auto',
         official = _vit_hf_to_official(sd, family, head_dim, rope_base)
     else:
         official = _vit_timm_to_official(sd, family, head_dim, rope_base, qkv_bias)
+    if src != 'official' and family == 'dinov3_vit':
+        _fill_local_cls_norm(official, local_cls_norm)
     if to == 'official':
         return official
     if to == 'hf':

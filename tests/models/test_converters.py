@@ -220,3 +220,83 @@ def test_bad_input_errors():
         convert_state_dict(sd, to='onnx')
     with pytest.raises(LayoutError, match='expected a state dict'):
         convert_state_dict([1, 2], to='hf')
+
+
+def _vit7b_like():
+    """``dinov3_vit7b16``'s options (SwiGLU-64, no qkv bias, untied ``local_cls_norm``) at
+    D=64, depth 2."""
+    return DinoVisionTransformer(arch='dinov3_vit7b16', embed_dim=D, depth=L, num_heads=H).eval()
+
+
+def test_vit7b_local_cls_norm_survives_hf_and_timm_round_trips(real_images):
+    """HF and timm 7B files have no ``local_cls_norm`` (training-only); converting them back
+    refills it as a copy of ``norm``: strict loading works and eval outputs are unchanged."""
+    from dino_mm.models.backbones.utils import load_checkpoint_strict
+    ref = _vit7b_like()
+    sd = _perturb(ref.state_dict())
+    ref.load_state_dict(sd)
+    assert 'local_cls_norm.weight' in sd and 'blocks.0.attn.qkv.bias' not in sd
+    assert not torch.equal(sd['local_cls_norm.weight'], sd['norm.weight'])
+    x = _images(real_images, (64, 48))
+    with torch.no_grad():
+        want = ref.forward_features(x)
+    hidden = _ffn_hidden(sd)
+    for layout in ('hf', 'timm'):
+        other_sd = convert_state_dict(sd, to=layout)
+        assert not any('local_cls_norm' in k for k in other_sd), layout
+        # The intermediate state dict is exactly a HF / timm ViT-7B one (at this size).
+        if layout == 'hf':
+            other = tf.DINOv3ViTModel(tf.DINOv3ViTConfig(
+                hidden_size=D, num_hidden_layers=L, num_attention_heads=H,
+                intermediate_size=hidden, use_gated_mlp=True, hidden_act='silu',
+                num_register_tokens=4, layer_norm_eps=1e-5, query_bias=False,
+                value_bias=False))
+        else:
+            other = timm.create_model('vit_7b_patch16_dinov3', embed_dim=D, depth=L,
+                                      num_heads=H, num_classes=0)
+        other.load_state_dict(other_sd, strict=True)
+
+        back = convert_state_dict(other_sd, to='official', head_dim=D // H, qkv_bias=False,
+                                  local_cls_norm=True)
+        assert set(back) == set(sd), layout
+        for k in sd:
+            if k.startswith('local_cls_norm.'):
+                expect = sd['norm.' + k.split('.')[-1]]
+            elif layout == 'timm' and k == 'mask_token':
+                expect = torch.zeros_like(sd[k])  # timm has no mask token
+            else:
+                expect = sd[k]
+            assert torch.equal(back[k], expect), (layout, k)
+        # Loading strictly: the converted dict, and the HF / timm dict directly (the
+        # backbone loader converts it, knowing the model has a local_cls_norm).
+        converted, direct = _vit7b_like(), _vit7b_like()
+        converted.load_state_dict(back, strict=True)
+        load_checkpoint_strict(direct, other_sd)
+        for model in (converted, direct):
+            with torch.no_grad():
+                got = model.forward_features(x)
+            for key in ('x_norm_clstoken', 'x_storage_tokens', 'x_norm_patchtokens',
+                        'x_prenorm'):
+                torch.testing.assert_close(got[key], want[key], atol=0, rtol=0,
+                                           msg=f'{layout} {key}')
+            assert torch.equal(model.local_cls_norm.bias, model.norm.bias)
+
+
+def test_local_cls_norm_default_and_errors():
+    """The default adds ``local_cls_norm`` for the 7B width only; ``False`` never adds it;
+    asking for it on a DINOv2 file is an error."""
+    hf_7b = tf.DINOv3ViTModel(tf.DINOv3ViTConfig(
+        hidden_size=4096, num_hidden_layers=0, num_attention_heads=32, intermediate_size=64,
+        num_register_tokens=4, query_bias=False, value_bias=False)).state_dict()
+    timm_7b = timm.create_model('vit_7b_patch16_dinov3', depth=0, num_classes=0).state_dict()
+    for other_sd in (hf_7b, timm_7b):
+        out = convert_state_dict(other_sd, to='official')
+        assert torch.equal(out['local_cls_norm.weight'], out['norm.weight'])
+        assert torch.equal(out['local_cls_norm.bias'], out['norm.bias'])
+        assert 'local_cls_norm.weight' not in convert_state_dict(other_sd, to='official',
+                                                                  local_cls_norm=False)
+    small = convert_state_dict(_vit7b_like().state_dict(), to='hf')
+    assert 'local_cls_norm.weight' not in convert_state_dict(small, to='official')
+    with pytest.raises(LayoutError, match='only exists in DINOv3 ViTs'):
+        convert_state_dict(convert_state_dict(_dino_vit('dinov2').state_dict(), to='hf'),
+                           to='official', local_cls_norm=True)

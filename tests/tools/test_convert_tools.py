@@ -209,3 +209,93 @@ def test_convert_to_hf_writes_a_folder_transformers_loads(tmp_path, capsys, case
     with torch.no_grad():
         torch.testing.assert_close(back.forward_features(x)['x_norm_patchtokens'],
                                    mine['x_norm_patchtokens'], atol=0, rtol=0)
+
+
+def test_convert_vit7b_like_hf_back_to_official_keeps_local_cls_norm(tmp_path, real_images,
+                                                                      capsys):
+    """official -> HF folder -> official for a model with the 7B's options: the HF file has
+    no (training-only) ``local_cls_norm``; ``--local-cls-norm`` refills it from ``norm``, the
+    result loads strictly and gives the original eval outputs."""
+    def vit7b_like():
+        return DinoVisionTransformer(arch='dinov3_vit7b16', embed_dim=D, depth=L,
+                                     num_heads=H).eval()
+
+    ref = vit7b_like()
+    sd = _randomised(ref, seed=11)
+    ref.load_state_dict(sd)
+    src = tmp_path / 'official.pth'
+    torch.save(sd, src)
+    hf_dir = tmp_path / 'hf_7b'
+    res = _call(capsys, CONVERT, src, hf_dir, '--to', 'hf', '--head-dim', D // H)
+    assert res.returncode == 0, res.stderr
+    assert 'local_cls_norm' in res.stdout and 'left out' in res.stdout
+    from safetensors.torch import load_file
+    assert not any('local_cls_norm' in k for k in load_file(hf_dir / 'model.safetensors'))
+
+    # Without the option a D=64 model gets no local_cls_norm, and the tool says what to pass.
+    plain = tmp_path / 'plain.pth'
+    res = _call(capsys, CONVERT, hf_dir, plain, '--to', 'official')
+    assert res.returncode == 0, res.stderr
+    assert '--local-cls-norm' in res.stdout
+    assert 'local_cls_norm.weight' not in torch.load(plain, weights_only=True)
+
+    back = tmp_path / 'back.pth'
+    res = _run(CONVERT, hf_dir, back, '--to', 'official', '--local-cls-norm')
+    assert res.returncode == 0, res.stderr
+    assert 'copy of the final norm' in res.stdout
+    restored = torch.load(back, weights_only=True)
+    assert set(restored) == set(sd)
+    for k in sd:
+        expect = sd['norm.' + k.split('.')[-1]] if k.startswith('local_cls_norm.') else sd[k]
+        assert torch.equal(restored[k], expect), k
+    model = vit7b_like()
+    model.load_state_dict(restored, strict=True)
+    img = torch.from_numpy(np.ascontiguousarray(real_images['chelsea'])).permute(2, 0, 1)
+    x = F.interpolate(img[None].float() / 255, size=(64, 96), mode='bilinear')
+    with torch.no_grad():
+        got, want = model.forward_features(x), ref.forward_features(x)
+    for key in ('x_norm_clstoken', 'x_storage_tokens', 'x_norm_patchtokens'):
+        torch.testing.assert_close(got[key], want[key], atol=0, rtol=0, msg=key)
+
+
+def test_convert_hf_and_timm_7b_width_to_official_loads_strictly(tmp_path, capsys):
+    """Real-width (4096, 32 heads) HF and timm DINOv3 7B files, cut to 0 blocks: ``--to
+    official`` adds ``local_cls_norm`` by default and the file loads strictly into
+    ``dinov3_vit7b16``, with the HF / timm model's outputs."""
+    tf = pytest.importorskip('transformers')
+    timm = pytest.importorskip('timm')
+    hf = tf.DINOv3ViTModel(tf.DINOv3ViTConfig(
+        hidden_size=4096, num_hidden_layers=0, num_attention_heads=32, intermediate_size=64,
+        num_register_tokens=4, layer_norm_eps=1e-5, query_bias=False,
+        value_bias=False)).eval()
+    tm = timm.create_model('vit_7b_patch16_dinov3', depth=0, num_classes=0).eval()
+    x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    for name, other in (('hf', hf), ('timm', tm)):
+        other_sd = _randomised(other, seed=5)
+        other.load_state_dict(other_sd)
+        src = tmp_path / f'{name}_7b.pth'
+        torch.save(other_sd, src)
+        dst = tmp_path / f'{name}_7b_official.pth'
+        res = _call(capsys, CONVERT, src, dst, '--to', 'official')
+        assert res.returncode == 0, res.stderr
+        model = DinoVisionTransformer(arch='dinov3_vit7b16', depth=0).eval()
+        model.load_state_dict(torch.load(dst, weights_only=True), strict=True)
+        assert 'copy of the final norm' in res.stdout, res.stdout
+        with torch.no_grad():
+            mine = model.forward_features(x)
+            tokens = (other(pixel_values=x).last_hidden_state if name == 'hf'
+                      else other.forward_features(x))
+        torch.testing.assert_close(mine['x_norm_clstoken'], tokens[:, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(mine['x_norm_patchtokens'], tokens[:, 5:], atol=1e-5,
+                                   rtol=0)
+        res = _call(capsys, CONVERT, src, tmp_path / 'no_lcn.pth', '--to', 'official',
+                    '--no-local-cls-norm')
+        assert res.returncode == 0, res.stderr
+        assert 'local_cls_norm.weight' not in torch.load(tmp_path / 'no_lcn.pth',
+                                                         weights_only=True)
+    # A DINOv2 file has no such norm: asking for one is an error naming the option.
+    v2 = tmp_path / 'v2.pth'
+    torch.save(DinoVisionTransformer(arch='dinov2_vits14', img_size=28, embed_dim=D, depth=1,
+                                     num_heads=H).state_dict(), v2)
+    res = _call(capsys, CONVERT, v2, tmp_path / 'v2_hf.pth', '--to', 'hf', '--local-cls-norm')
+    assert res.returncode == 2 and '--local-cls-norm' in res.stderr, res.stderr

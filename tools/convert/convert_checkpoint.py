@@ -22,6 +22,13 @@ tensor shapes; the head dim is 64, 128 for the 7B, or ``--head-dim``). A DST fil
 ``model.safetensors`` / ``pytorch_model.bin`` gets the ``config.json`` next to it.
 
     python tools/convert/convert_checkpoint.py dinov2_vits14_pretrain.pth vits14_hf/ --to hf
+
+DINOv3 ``local_cls_norm`` (ViT-7B and SAT-493M ViT-L, ``untie_global_and_local_cls_norm``)
+is a training-only norm that HF and timm files do not store (the official model never uses
+it at eval). Converting a HF / timm DINOv3 ViT to ``official`` adds it as a copy of the
+final ``norm`` for the 7B (hidden size 4096) and says so; ``--local-cls-norm`` adds it for
+any other model (e.g. the SAT-493M ViT-L), ``--no-local-cls-norm`` never does. Eval outputs
+do not depend on it.
 """
 import argparse
 import json
@@ -44,6 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--head-dim', type=int, default=None,
                         help='DINOv3 attention head dim to rebuild RoPE periods (read from '
                         'config.json of a HF directory; else 64, or 128 for the 7B)')
+    parser.add_argument('--local-cls-norm', dest='local_cls_norm', default=None,
+                        action=argparse.BooleanOptionalAction,
+                        help='HF/timm DINOv3 ViT -> official: add the training-only '
+                        'local_cls_norm (a copy of the final norm) that those files lack, as '
+                        'models built with untie_global_and_local_cls_norm=True need (default: '
+                        'only for the 7B, hidden size 4096)')
     return parser.parse_args(argv)
 
 
@@ -64,7 +77,8 @@ def main(argv=None) -> int:
             rope_base = float(config['rope_theta'])
         family, layout = detect_layout(sd)
         out = convert_state_dict(sd, to=args.dst_layout, src=args.src_layout,
-                                 family=args.family, head_dim=head_dim, rope_base=rope_base)
+                                 family=args.family, head_dim=head_dim, rope_base=rope_base,
+                                 local_cls_norm=args.local_cls_norm)
         dst = osp.expanduser(args.dst)
         hf_config = None
         if args.dst_layout == 'hf' and (args.family or family) != 'dinov3_convnext':
@@ -84,6 +98,21 @@ def main(argv=None) -> int:
         return 2
     print(f'{args.src}: {family} ({layout}, {len(sd)} tensors) -> {args.dst_layout} '
           f'({len(out)} tensors) written to {written}')
+    had_local = 'local_cls_norm.weight' in sd
+    if 'local_cls_norm.weight' in out and not had_local:
+        print(f'note: the {layout} file has no local_cls_norm (training-only, unused at eval '
+              f'by the official model); it was filled in as a copy of the final norm, so '
+              f'the result loads strictly into a model with '
+              f'untie_global_and_local_cls_norm=True (e.g. dinov3_vit7b16) and its eval '
+              f'outputs are unchanged (--no-local-cls-norm leaves it out).')
+    elif (args.dst_layout == 'official' and layout in ('hf', 'timm')
+          and (args.family or family) == 'dinov3_vit' and args.local_cls_norm is None):
+        print('note: no local_cls_norm was added (not a 7B); if the target model uses '
+              'untie_global_and_local_cls_norm=True (e.g. the SAT-493M ViT-L), rerun with '
+              '--local-cls-norm.')
+    elif had_local and 'local_cls_norm.weight' not in out:
+        print(f'note: local_cls_norm (training-only, unused at eval) has no {args.dst_layout} '
+              f'counterpart and was left out.')
     if config_path is not None:
         print(f'HF config ({hf_config["model_type"]}) written to {config_path}: '
               f'transformers.AutoModel.from_pretrained({osp.dirname(written)!r}) loads it')

@@ -11,11 +11,14 @@ from dino_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 __all__ = ['LayerDecayOptimWrapperConstructor', 'get_layer_id', 'dino_param_multipliers']
 
-# Parameters before the first block (layer id 0). DINOv2's official list omits
-# ``register_tokens`` (they fall through to the last layer id, lr_mult 1); DINOv3 adds
-# ``storage_tokens``. Kept as in the official code for parity.
+# Parameters before the first block (layer id 0), matched as substrings of the name relative
+# to the backbone, as the official rules do. The current DINOv2 rule includes
+# ``register_tokens`` (releases before registers had no such entry); DINOv3 names them
+# ``storage_tokens`` and its rule knows only that name. Everything else outside the blocks
+# (``norm``, DINOv3 ``cls_norm`` / ``local_cls_norm``) is layer L + 1, lr_mult 1; the RoPE
+# ``rope_embed.periods`` is a buffer, not a parameter, so it is in no group.
 _LAYER0_NAMES = {
-    'dinov2': ('pos_embed', 'patch_embed', 'mask_token', 'cls_token'),
+    'dinov2': ('pos_embed', 'patch_embed', 'mask_token', 'cls_token', 'register_tokens'),
     'dinov3': ('pos_embed', 'patch_embed', 'mask_token', 'cls_token', 'storage_tokens'),
 }
 _BLOCK_RE = re.compile(r'(?:^|\.)blocks\.(\d+)\.(\d+\.)?')
@@ -108,7 +111,10 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
 
     - ``layer_decay_rate`` (float): official ``optim.layerwise_decay``. Default 1.0.
     - ``patch_embed_lr_mult`` (float): Default 1.0 (official configs: 0.2).
-    - ``dino_head_wd_multiplier`` (float): DINOv3 only. Default 1.0.
+    - ``dino_head_wd_multiplier`` (float): DINOv3 only: wd factor of parameters whose full
+      name contains ``dino_head``. Default 1.0. (The official trainer tests the name
+      relative to each head, which never contains ``dino_head``, so there the option has
+      no effect; every released config sets 1.0, where both agree.)
     - ``variant`` (str): ``'dinov2'`` (default) or ``'dinov3'``: layer-0 token names
       and no-wd rules of that repository.
     - ``num_layers`` (int, optional): Override the detected depth.

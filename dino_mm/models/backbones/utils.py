@@ -76,6 +76,9 @@ def _model_layout_hints(model: nn.Module) -> dict:
                      head_dim=model.embed_dim // model.num_heads)
         if version == 'v3':
             hints['qkv_bias'] = bool(arch.get('qkv_bias', True))
+            # HF / timm files lack the training-only local_cls_norm: refill it (a copy of
+            # ``norm``) exactly when this model has one.
+            hints['local_cls_norm'] = getattr(model, 'local_cls_norm', None) is not None
             if arch.get('pos_embed_rope_base'):
                 hints['rope_base'] = float(arch['pos_embed_rope_base'])
         return hints
