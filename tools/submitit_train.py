@@ -7,6 +7,11 @@ One task per GPU; every task runs ``tools/train.py CONFIG --launcher slurm`` (re
 the SLURM variables). On preemption or time-out submitit requeues the job, which resumes
 from the last complete checkpoint of the work dir (``--resume``). Needs ``pip install
 submitit`` (not a dino_mm requirement).
+
+Rendezvous: ``MASTER_ADDR`` is the job's first host and ``MASTER_PORT`` is derived from the
+job id (``dino_mm/utils/slurm.py``), including the array index of array jobs (submitit ids
+like ``"123_4"``), so jobs and array tasks sharing a node do not collide; a ``MASTER_PORT``
+set in the environment wins.
 """
 import argparse
 import os
@@ -14,6 +19,45 @@ import os.path as osp
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from dino_mm.utils.slurm import setdefault_master_port  # noqa: E402
+
+_NO_SUBMITIT = ('submitit is not installed; `pip install submitit` (listed in '
+                'requirements/optional.txt), or use tools/slurm_train.sh')
+
+
+def import_submitit():
+    """Import submitit, or raise an ImportError that says how to install it."""
+    try:
+        import submitit
+    except ImportError as exc:
+        raise ImportError(_NO_SUBMITIT) from exc
+    return submitit
+
+
+def set_rendezvous_env(job_id, hostnames, environ=None) -> dict:
+    """Point ``MASTER_ADDR`` / ``MASTER_PORT`` of one task at the job's first host.
+
+    Values already in the environment win. ``job_id`` is submitit's
+    ``JobEnvironment.job_id``: ``"123"`` or, for an array task, ``"123_4"``; the port comes
+    from the numeric id and the array index (:func:`dino_mm.utils.slurm.derive_master_port`).
+
+    Args:
+        job_id (str): The job id.
+        hostnames (Sequence[str]): Hosts of the job, first one = rank 0's.
+        environ (MutableMapping, optional): Defaults to ``os.environ``.
+
+    Returns:
+        dict: The ``MASTER_ADDR`` and ``MASTER_PORT`` in use.
+    """
+    environ = os.environ if environ is None else environ
+    if not hostnames:
+        raise RuntimeError(f'submitit job {job_id}: the job has no host names; cannot choose '
+                           'MASTER_ADDR (set it in the environment).')
+    environ.setdefault('MASTER_ADDR', hostnames[0])
+    setdefault_master_port(environ, job_id=job_id)
+    return dict(MASTER_ADDR=environ['MASTER_ADDR'], MASTER_PORT=environ['MASTER_PORT'])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,27 +92,23 @@ class Trainer:
         return argv
 
     def __call__(self) -> None:
-        import submitit
-        env = submitit.JobEnvironment()
-        os.environ.setdefault('MASTER_ADDR', env.hostnames[0])
-        os.environ.setdefault('MASTER_PORT', str(29500 + int(env.job_id) % 1000))
+        env = import_submitit().JobEnvironment()
+        set_rendezvous_env(env.job_id, env.hostnames)
         sys.path.insert(0, osp.join(ROOT, 'tools'))
-        sys.path.insert(0, ROOT)
         from train import main
         main(self.train_argv())
 
     def checkpoint(self):
-        import submitit
+        submitit = import_submitit()
         return submitit.helpers.DelayedSubmission(Trainer(self.args, self.work_dir, True))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        import submitit
-    except ImportError:
-        print('error: submitit is not installed; `pip install submitit`, or use '
-              'tools/slurm_train.sh', file=sys.stderr)
+        submitit = import_submitit()
+    except ImportError as exc:
+        print(f'error: {exc}', file=sys.stderr)
         return 2
     name = args.job_name or osp.splitext(osp.basename(args.config))[0]
     work_dir = osp.abspath(args.work_dir or osp.join('work_dirs', name))

@@ -41,3 +41,25 @@ def all_reduce(tensor: torch.Tensor,
         return None
     handle = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=async_op)
     return handle if async_op else None
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` of every rank along dim 0, keeping the autograd graph.
+
+    The backward pass sums, over ranks, the gradients that reach each rank's slice (a
+    reduce-scatter), so a rank's input receives the gradient of every rank's loss with
+    respect to it. All ranks must pass tensors of the same shape. Without a process group
+    the tensor itself is returned.
+
+    Args:
+        tensor (torch.Tensor): (B, ...) local tensor.
+
+    Returns:
+        torch.Tensor: (world_size * B, ...), rank order.
+    """
+    if not is_dist():
+        return tensor
+    # The autograd-aware functional collective (reduce-scatter backward); it runs on gloo
+    # and NCCL alike and replaces the deprecated torch.distributed.nn.functional.all_gather.
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+    return all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)

@@ -13,6 +13,11 @@ model = dict(
                    bottleneck_dim=256, nlayers=3, weight_norm_last_layer=False),
     dino_loss_weight=1.0,
     koleo_loss_weight=0.1,
+    # per-rank KoLeo (official koleo_loss_distributed: false); the 7B high-res stage
+    # switches to the all-rank variant (dino_mm.KoLeoLossDistributed)
+    koleo_loss_distributed=False,
+    koleo_topk=1,
+    koleo_distributed_loss_group_size=None,
     ibot_loss_weight=1.0,
     centering='sinkhorn_knopp',
     global_ignore_diagonal=True,

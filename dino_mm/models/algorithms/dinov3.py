@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from dino_mm.registry import DATA_SAMPLERS, DATASETS, MODELS, TRANSFORMS
+from ..losses import KoLeoLossDistributed
 from .dinov2 import DINOv2
 
 __all__ = [
@@ -194,6 +195,15 @@ class DINOv3(DINOv2):
         gram_resize_method (str): Interpolation of the Gram-teacher patch map.
             Defaults to 'bicubic'.
         gram_resize_antialias (bool): Defaults to False (official).
+        koleo_loss_distributed (bool): Search KoLeo nearest neighbours in the batch gathered
+            from all ranks (:class:`~dino_mm.models.losses.KoLeoLossDistributed`) instead
+            of the per-rank batch (official ``dino.koleo_loss_distributed``; on in the 7B
+            high-resolution stage only). Defaults to False.
+        koleo_topk (int): Neighbours per row of the distributed KoLeo (official
+            ``dino.koleo_topk``); must be 1 for the per-rank KoLeo. Defaults to 1.
+        koleo_distributed_loss_group_size (int, optional): Rows per neighbour set of the
+            distributed KoLeo (official ``dino.koleo_distributed_loss_group_size``); None:
+            the global batch. Defaults to None.
         **kwargs: Other :class:`DINOv2` arguments (student_temp, center_momentum,
             teacher_temp, clip_grad, data_preprocessor, init_cfg).
     """
@@ -216,6 +226,9 @@ class DINOv3(DINOv2):
                  gram_ckpt_prefix: Optional[str] = None,
                  gram_resize_method: str = 'bicubic',
                  gram_resize_antialias: bool = False,
+                 koleo_loss_distributed: bool = False,
+                 koleo_topk: int = 1,
+                 koleo_distributed_loss_group_size: Optional[int] = None,
                  **kwargs) -> None:
         super().__init__(backbone=backbone, dino_head=_v3_head(dino_head),
                          ibot_head=_v3_head(ibot_head), dino_loss_weight=dino_loss_weight,
@@ -224,6 +237,16 @@ class DINOv3(DINOv2):
         if gram_tokens_used not in _TOKENS_USED:
             raise ValueError(f'DINOv3: gram_tokens_used must be one of {_TOKENS_USED}, got '
                              f'{gram_tokens_used!r}.')
+        self.koleo_loss_distributed = koleo_loss_distributed
+        if koleo_loss_distributed:
+            if self.do_koleo:
+                self.koleo_loss = KoLeoLossDistributed(
+                    topk=koleo_topk, loss_group_size=koleo_distributed_loss_group_size)
+        elif koleo_topk != 1 or koleo_distributed_loss_group_size is not None:
+            raise ValueError(
+                'DINOv3: koleo_topk / koleo_distributed_loss_group_size (got '
+                f'{koleo_topk!r} / {koleo_distributed_loss_group_size!r}) only apply to the '
+                'distributed KoLeo; set koleo_loss_distributed=True or leave them at 1 / None.')
         self.global_ignore_diagonal = global_ignore_diagonal
         self.local_loss_weight = local_loss_weight
         self.gram_loss_weight = gram_loss_weight
