@@ -77,18 +77,23 @@ def dataset_images(config: str, key: str) -> List[str]:
 
 
 def _settings(args: argparse.Namespace) -> Dict[str, Any]:
+    # The precision actually used ('auto' resolved) is recorded: shards computed in fp32
+    # and in bf16 differ slightly, so a rerun must not mix them.
+    from dino_mm.utils.precision import resolve_precision
     return dict(size=args.size, format=args.format, features=list(args.features),
                 shard_size=args.shard_size, batch_size=args.batch_size, dtype=args.dtype,
                 arch='pixels' if args.pixel_features else args.arch,
                 weights=None if args.weights is None else osp.abspath(args.weights),
                 overrides=parse_overrides(args.override),
-                patch_size=args.patch_size if args.pixel_features else None)
+                patch_size=args.patch_size if args.pixel_features else None,
+                precision=None if args.pixel_features else resolve_precision(
+                    args.precision, args.device))
 
 
 def _model_cfg(args: argparse.Namespace) -> Dict[str, Any]:
     return dict(pixel_features=args.pixel_features, patch_size=args.patch_size,
                 arch=args.arch, weights=args.weights, device=args.device,
-                overrides=parse_overrides(args.override))
+                precision=args.precision, overrides=parse_overrides(args.override))
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.realpath(__file__))))
 
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -23,11 +23,16 @@ def parse_args(argv=None):
         help='resume from PATH, or from the latest checkpoint in the work dir when no '
         'path is given')
     parser.add_argument('--amp', action='store_true',
-                        help='enable automatic mixed precision training')
+                        help='enable automatic mixed precision training: fp16 with dynamic '
+                        'loss scaling on GPUs, bf16 autocast without loss scaling on CPU')
     parser.add_argument('--no-validate', action='store_true',
                         help='do not evaluate checkpoints during training')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by the actual batch size')
+    parser.add_argument(
+        '--keep-schedule-lengths', action='store_true',
+        help='when train_cfg.max_iters is overridden, keep the iteration counts of the lr / '
+        'wd / teacher schedules as written (by default they are scaled with max_iters)')
     parser.add_argument('--no-pin-memory', action='store_true',
                         help='disable pin_memory in the dataloaders')
     parser.add_argument('--no-persistent-workers', action='store_true',
@@ -53,8 +58,18 @@ def merge_args(cfg, args):
                                              ensure_plain_checkpoint_hook)
     apply_common_args(cfg, args.config, args.work_dir, args.launcher)
     if args.amp:
+        from mmengine.device import get_device
         optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if optim_wrapper in ('AmpOptimWrapper', 'mmengine.AmpOptimWrapper'):
+        if get_device() == 'cpu':
+            # MMEngine's AmpOptimWrapper asserts an accelerator: bf16 autocast without
+            # loss scaling instead (see dino_mm/engine/optimizers/bf16_optim_wrapper.py).
+            from dino_mm.engine.config_checks import ConfigError
+            from dino_mm.engine.optimizers import cpu_amp_optim_wrapper_cfg
+            try:
+                cfg.optim_wrapper = cpu_amp_optim_wrapper_cfg(cfg.optim_wrapper)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        elif optim_wrapper in ('AmpOptimWrapper', 'mmengine.AmpOptimWrapper'):
             print('AMP training is already enabled in the config.')
         else:
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -82,10 +97,18 @@ def merge_args(cfg, args):
         set_loader_flag('pin_memory', False)
     if args.no_persistent_workers:
         set_loader_flag('persistent_workers', False)
+    declared_max_iters = (cfg.get('train_cfg', None) or {}).get('max_iters', None)
     if args.cfg_options is not None:
         from dino_mm.engine.config_checks import validate_cfg_options
         cfg.merge_from_dict(validate_cfg_options(cfg, args.cfg_options))
+    # the lr scaling rule and the schedule lengths follow the batch size / length of the run
+    from dino_mm.engine.schedulers import fit_schedules_to_run
+    fit_schedules_to_run(cfg, declared_max_iters, keep_lengths=args.keep_schedule_lengths,
+                         explicit=args.cfg_options or ())
     ensure_plain_checkpoint_hook(cfg)
+    # a launched DINO algorithm keeps its per-module clipping and finite stop under DDP
+    from dino_mm.engine.model_wrappers import ensure_dino_ddp_wrapper
+    ensure_dino_ddp_wrapper(cfg)
     return cfg
 
 

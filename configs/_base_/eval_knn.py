@@ -8,6 +8,8 @@ model = dict(
     type='dino_mm.FrozenFeatureModel',
     backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14'),
     backbone_checkpoint=None,
+    # 'auto': bf16 on CPUs with native bf16 and on CUDA, else fp32; features are kept fp32
+    precision='auto',
     data_preprocessor={{_base_.data_preprocessor}})
 
 test_cfg = dict(

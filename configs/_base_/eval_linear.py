@@ -15,7 +15,8 @@ model = dict(
     n_last_blocks_list=(1, 4),
     avgpools=(False, True),
     batch_size_per_gpu=batch_size_per_gpu,
-    autocast_dtype=None,  # 'float16' on GPU, as upstream
+    # 'auto': bf16 on CPUs with native bf16 and on CUDA, else fp32 ('fp16' on GPU: upstream)
+    precision='auto',
     data_preprocessor={{_base_.data_preprocessor}})
 
 train_dataloader = dict(

@@ -29,7 +29,8 @@ def parse_overrides(items: Optional[List[str]]) -> Dict[str, Any]:
 
 def add_model_args(parser: argparse.ArgumentParser, default_size: Optional[int] = 448
                    ) -> argparse.ArgumentParser:
-    """Add ``--arch --weights --size --layer --device --override --pixel-features``."""
+    """Add ``--arch --weights --size --layer --device --precision --override
+    --pixel-features``."""
     group = parser.add_argument_group('model')
     group.add_argument('--arch', default=None,
                        help='official backbone name, e.g. dinov2_vits14 or dinov3_vitb16 '
@@ -47,6 +48,11 @@ def add_model_args(parser: argparse.ArgumentParser, default_size: Optional[int] 
                        help='read patch tokens of this 0-based block (final norm applied) '
                        'instead of the last block')
     group.add_argument('--device', default='cpu', help='torch device (default: cpu)')
+    group.add_argument('--precision', choices=['auto', 'fp32', 'bf16', 'fp16'],
+                       default='auto',
+                       help="backbone precision: 'auto' = bf16 on a CPU with native bf16 "
+                       '(avx512_bf16 / amx_bf16) and on CUDA, else fp32; fp16 is CUDA only. '
+                       'Features are written / used as fp32 either way (default: auto)')
     group.add_argument('--override', nargs='*', default=None, metavar='KEY=VALUE',
                        help='backbone constructor overrides, e.g. depth=2 embed_dim=64')
     group.add_argument('--pixel-features', action='store_true',
@@ -63,4 +69,4 @@ def build_extractor(args: argparse.Namespace) -> PatchFeatureExtractor:
         return PixelPatchFeatures(args.patch_size)
     model = build_backbone(args.arch, args.weights, device=args.device,
                            **parse_overrides(args.override))
-    return BackboneFeatures(model, layer=args.layer)
+    return BackboneFeatures(model, layer=args.layer, precision=args.precision)

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
+from dino_mm.utils.precision import precision_autocast
+
 INDEX_FILE = 'index.json'
 KINDS = ('cls', 'patch')
 
@@ -72,8 +74,11 @@ def write_index(out_dir: str, images: Sequence[str], settings: Dict[str, Any]) -
     if osp.isfile(path):
         with open(path) as f:
             old = json.load(f)
-        if old.get('images') != content['images'] or old.get('settings') != settings:
-            changed = [k for k in settings if old.get('settings', {}).get(k) != settings[k]]
+        old_settings = dict(old.get('settings', {}))
+        if 'precision' in settings:  # folders written before the setting existed: fp32
+            old_settings.setdefault('precision', 'fp32')
+        if old.get('images') != content['images'] or old_settings != settings:
+            changed = [k for k in settings if old_settings.get(k) != settings[k]]
             what = 'the image list' if old.get('images') != content['images'] else \
                 f'settings {changed}'
             raise ValueError(f'{path} was written for a different run ({what} differ); '
@@ -124,7 +129,9 @@ def extract_shards(images: Sequence[str], out_dir: str, model_cfg: Dict[str, Any
     Args:
         images (Sequence[str]): All image paths (same order on every rank).
         out_dir (str): Output folder (``index.json`` must already be written).
-        model_cfg (dict): Keyword arguments of :func:`build_feature_extractor`.
+        model_cfg (dict): Keyword arguments of :func:`build_feature_extractor`, and
+            ``precision`` of the backbone forward (``'auto'``, ``'fp32'``, ``'bf16'``,
+            ``'fp16'``; see :mod:`dino_mm.utils.precision`; default ``'auto'``).
         settings (dict): ``size``, ``format``, ``features``, ``shard_size``,
             ``batch_size`` and ``dtype``.
         rank (int): This process's rank. Defaults to 0.
@@ -148,7 +155,8 @@ def extract_shards(images: Sequence[str], out_dir: str, model_cfg: Dict[str, Any
     else:
         model = build_backbone(cfg['arch'], cfg.get('weights'), device=cfg.get('device', 'cpu'),
                                **cfg.get('overrides', {}))
-        extractor = BackboneFeatures(model, layer=cfg.get('layer'))
+        extractor = BackboneFeatures(model, layer=cfg.get('layer'),
+                                     precision=cfg.get('precision', 'auto'))
     p = extractor.patch_size
     grid = (settings['size'] // p, settings['size'] // p)
     if grid[0] < 1:
@@ -168,7 +176,8 @@ def extract_shards(images: Sequence[str], out_dir: str, model_cfg: Dict[str, Any
                 patch = extractor(x).flatten(1, 2)
                 cls = patch.mean(1)  # no class token without a network: mean patch
             else:
-                with torch.no_grad():
+                with torch.no_grad(), precision_autocast(extractor.precision,
+                                                         extractor.device):
                     out = model.forward_features(x.to(extractor.device))
                 cls, patch = out['x_norm_clstoken'], out['x_norm_patchtokens']
             cls_parts.append(cls.float().cpu().numpy().astype(dtype))

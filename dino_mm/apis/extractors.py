@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
+from dino_mm.utils.precision import precision_autocast, resolve_precision
+
 from .image_io import ImageLike, load_image, patch_grid_size, to_tensor
 
 
@@ -162,11 +164,16 @@ class BackboneFeatures(PatchFeatureExtractor):
             ``x_norm_patchtokens`` of ``forward_features``. Defaults to None.
         device (str | torch.device, optional): Device to run on. Defaults to the
             model's device.
+        precision (str): Precision of the forward, ``'auto'`` (bf16 on a CPU with native
+            bf16 and on CUDA, else fp32), ``'fp32'``, ``'bf16'`` or ``'fp16'`` (CUDA); see
+            :mod:`dino_mm.utils.precision`. Features are returned as fp32. The choice is
+            logged when the extractor is built. Defaults to 'auto'.
         **kwargs: ``mean`` / ``std`` of :class:`PatchFeatureExtractor`.
     """
 
     def __init__(self, model: nn.Module, layer: Optional[int] = None,
-                 device: Optional[Any] = None, **kwargs: Any) -> None:
+                 device: Optional[Any] = None, precision: str = 'auto',
+                 **kwargs: Any) -> None:
         super().__init__(backbone_patch_size(model), **kwargs)
         self.model = model.eval()
         self.layer = layer
@@ -174,18 +181,21 @@ class BackboneFeatures(PatchFeatureExtractor):
             param = next(model.parameters(), None)
             device = param.device if param is not None else 'cpu'
         self.device = torch.device(device)
+        # Resolved once here, so the log line names the precision before any image is read.
+        self.precision = resolve_precision(precision, self.device, owner='BackboneFeatures')
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         rows, cols = self._check(images)
         x = images.to(self.device, torch.float32)
-        if self.layer is None:
-            tokens = self.model.forward_features(x)['x_norm_patchtokens']
-            feats = tokens.reshape(x.shape[0], rows, cols, -1)
-        else:
-            (grid, ) = self.model.get_intermediate_layers(x, n=[self.layer], reshape=True,
-                                                          norm=True)
-            feats = grid.permute(0, 2, 3, 1)
+        with precision_autocast(self.precision, self.device):
+            if self.layer is None:
+                tokens = self.model.forward_features(x)['x_norm_patchtokens']
+                feats = tokens.reshape(x.shape[0], rows, cols, -1)
+            else:
+                (grid, ) = self.model.get_intermediate_layers(x, n=[self.layer],
+                                                              reshape=True, norm=True)
+                feats = grid.permute(0, 2, 3, 1)
         return feats.float().cpu()
 
 

@@ -16,7 +16,7 @@ from mmengine.optim import OptimWrapper
 
 from dino_mm.registry import MODEL_WRAPPERS
 
-__all__ = ['DINODistributedDataParallel']
+__all__ = ['DINODistributedDataParallel', 'ensure_dino_ddp_wrapper']
 
 
 @MODEL_WRAPPERS.register_module()
@@ -60,3 +60,39 @@ class DINODistributedDataParallel(MMDistributedDataParallel):
             data = module.data_preprocessor(data, training=True)
             losses = self._run_forward(data, mode='loss')
         return optimize(losses, optim_wrapper)
+
+
+def ensure_dino_ddp_wrapper(cfg) -> bool:
+    """Default ``model_wrapper_cfg`` to this wrapper for a launched DINO algorithm.
+
+    Without ``model_wrapper_cfg`` MMEngine wraps a launched model in its own
+    ``MMDistributedDataParallel``, whose ``train_step`` never calls the model's step: the
+    per-module clipping and the finite-loss stop of every DINO algorithm (and of any model
+    with an ``optimize_losses`` method) would silently be lost. ``tools/train.py`` calls
+    this for ``--launcher pytorch|slurm|mpi``; a config that sets ``model_wrapper_cfg``
+    (even to None, as the FSDP configs do) is left alone.
+
+    Returns:
+        bool: Whether the config was changed.
+    """
+    if cfg.get('launcher', 'none') == 'none' or 'model_wrapper_cfg' in cfg:
+        return False
+    model = cfg.get('model', None)
+    if not isinstance(model, dict):
+        return False
+    from mmengine.registry import DefaultScope
+
+    from dino_mm.registry import MODELS
+    type_ = model.get('type', None)
+    if isinstance(type_, str):
+        scope = type_.split('.')[0] if '.' in type_ else cfg.get('default_scope', 'dino_mm')
+        with DefaultScope.overwrite_default_scope(scope or 'dino_mm'):
+            cls = MODELS.get(type_)
+    else:
+        cls = type_
+    if cls is None or not callable(getattr(cls, 'optimize_losses', None)):
+        return False
+    cfg.model_wrapper_cfg = dict(
+        type='dino_mm.DINODistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=bool(cfg.get('find_unused_parameters', False)))
+    return True

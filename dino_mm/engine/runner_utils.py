@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from mmengine.config import Config, ConfigDict
 
+from dino_mm.utils.slurm import setdefault_master_port
+
 
 def apply_common_args(cfg: Config, config_path: str, work_dir: Optional[str],
                       launcher: str) -> Config:
@@ -15,7 +17,9 @@ def apply_common_args(cfg: Config, config_path: str, work_dir: Optional[str],
 
     A launched run (``launcher != 'none'``) also gets a
     :class:`~dino_mm.engine.hooks.ParentProcessWatchHook`, so that its ranks stop when
-    the launcher (torchrun agent, srun step) dies instead of running on as orphans.
+    the launcher (torchrun agent, srun step) dies instead of running on as orphans. A
+    ``slurm`` run also gets ``MASTER_PORT`` derived from its job id unless it is set
+    (:func:`dino_mm.utils.slurm.setdefault_master_port`).
     """
     cfg.launcher = launcher
     if work_dir is not None:
@@ -24,6 +28,9 @@ def apply_common_args(cfg: Config, config_path: str, work_dir: Optional[str],
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     if launcher != 'none':
         ensure_parent_watch_hook(cfg)
+    if launcher == 'slurm':
+        # Before MMEngine's init_dist reads it (29500 otherwise: jobs sharing a node collide).
+        setdefault_master_port()
     return cfg
 
 
@@ -56,7 +63,7 @@ def _slurm_env_to_torch_env() -> None:
             os.environ['MASTER_ADDR'] = addr.stdout.split()[0]
         except (OSError, subprocess.CalledProcessError, IndexError):
             os.environ['MASTER_ADDR'] = node_list.split(',')[0]
-    os.environ.setdefault('MASTER_PORT', '29500')
+    setdefault_master_port()  # user-set MASTER_PORT, else derived from the SLURM job id
 
 
 def setup_cpu_distributed(cfg: Config) -> None:
@@ -119,3 +126,65 @@ def resolve_auto_resume(cfg: Config) -> Optional[str]:
         print_log(f'--resume: {"; ".join(notes)}; {where}.', logger='current',
                   level=logging.WARNING)
     return path
+
+
+def _registered_class(registry, type_name):
+    """The class a config ``type`` names, or None when it cannot be looked up."""
+    if isinstance(type_name, type):
+        return type_name
+    try:
+        return registry.get(type_name) if type_name else None
+    except Exception:  # noqa: BLE001 - an unimportable scope: nothing to inspect
+        return None
+
+
+def apply_test_amp(cfg: Config, device_type: Optional[str] = None) -> str:
+    """``tools/test.py --amp``: a mixed-precision test loop, frozen-feature backbones too.
+
+    MMEngine's ``TestLoop(fp16=True)`` (and :class:`dino_mm.evaluation.FeatureEvalTestLoop`)
+    runs ``test_step`` under MMEngine's ``autocast``, which uses fp16 on CUDA and bf16 on
+    CPU; this switches it on. Models with their own ``precision`` argument
+    (:class:`~dino_mm.evaluation.FrozenFeatureModel`,
+    :class:`~dino_mm.evaluation.LinearProbeGrid`) turn an outer autocast off when their
+    precision is fp32, so they are given the same precision explicitly.
+
+    Args:
+        cfg (Config): The test config (changed in place).
+        device_type (str, optional): Defaults to MMEngine's ``get_device()``.
+
+    Returns:
+        str: ``'bf16'`` (CPU) or ``'fp16'`` (accelerators).
+
+    Raises:
+        ConfigError: The config has no ``test_cfg``, or its loop takes no ``fp16``.
+    """
+    import inspect
+
+    from mmengine.device import get_device
+
+    from dino_mm.engine.config_checks import ConfigError
+    from dino_mm.registry import LOOPS, MODELS
+    from dino_mm.utils.precision import resolve_precision
+    device_type = device_type or get_device()
+    precision = 'bf16' if device_type == 'cpu' else 'fp16'
+    test_cfg = cfg.get('test_cfg', None)
+    if not test_cfg:
+        raise ConfigError("--amp turns on test_cfg.fp16, but the config has no test_cfg; "
+                          "add test_cfg = dict(type='TestLoop').")
+    loop_type = test_cfg.get('type', 'TestLoop')
+    loop_cls = _registered_class(LOOPS, loop_type)
+    if loop_cls is not None and \
+            'fp16' not in inspect.signature(loop_cls.__init__).parameters:
+        raise ConfigError(f'--amp: test_cfg.type={loop_type!r} takes no fp16 argument, so '
+                          'the test loop cannot run in mixed precision; drop --amp or use '
+                          "a loop derived from MMEngine's TestLoop.")
+    test_cfg['fp16'] = True
+    model = cfg.get('model', None) or {}
+    model_cls = _registered_class(MODELS, model.get('type'))
+    takes_precision = 'precision' in model or (
+        model_cls is not None and 'precision' in inspect.signature(model_cls).parameters)
+    if device_type in ('cpu', 'cuda'):
+        resolve_precision(precision, device_type, owner='tools/test.py --amp')
+        if takes_precision:
+            model['precision'] = precision
+    return precision

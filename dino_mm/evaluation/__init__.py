@@ -1,4 +1,5 @@
 from .depth_metric import DepthMetric, compute_depth_metrics, depth_eval_mask
+from .dump_predictions import DumpPredictions
 from .feature_extraction import (extract_features, load_cached_features,
                                  parse_data_samples, save_cached_features)
 from .knn import KNNMetric, knn_class_scores, knn_evaluate, knn_topk
@@ -11,7 +12,7 @@ from .loops import FeatureEvalTestLoop, FrozenFeatureModel
 from .metrics import TrainFeatureMetric, accuracy_topk
 
 __all__ = [
-    'DepthMetric', 'compute_depth_metrics', 'depth_eval_mask',
+    'DepthMetric', 'compute_depth_metrics', 'depth_eval_mask', 'DumpPredictions',
     'extract_features', 'load_cached_features', 'save_cached_features',
     'parse_data_samples', 'KNNMetric', 'knn_class_scores', 'knn_evaluate', 'knn_topk',
     'OFFICIAL_LEARNING_RATES', 'LinearClassifier', 'LinearProbeGrid', 'LinearProbeMetric',

@@ -18,6 +18,8 @@ Batches may come in three forms:
 When a batch carries no index, the order of the loader's batch sampler is used, which
 requires a deterministic sampler.
 """
+import contextlib
+import functools
 import json
 import os
 import os.path as osp
@@ -30,6 +32,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
+
+from dino_mm.utils.precision import precision_autocast
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -210,7 +214,7 @@ def extract_features(model: nn.Module,
                      *,
                      forward_fn: Optional[ForwardFn] = None,
                      device: Optional[torch.device] = None,
-                     autocast_dtype: Optional[torch.dtype] = None,
+                     precision: Optional[str] = None,
                      cache_dir: Optional[str] = None,
                      cache_name: Optional[str] = None,
                      shard_size: int = 65536,
@@ -225,8 +229,12 @@ def extract_features(model: nn.Module,
         forward_fn (callable, optional): ``forward_fn(model, images) -> (B, D)`` used
             instead of ``model(images)`` / ``model.extract_feat(images)``.
         device (torch.device, optional): Where images go. Defaults to the model's device.
-        autocast_dtype (torch.dtype, optional): Run the model under autocast with this
-            dtype (the official evaluations use fp16 on GPU). Defaults to None (off).
+        precision (str, optional): Run the forward in this precision: ``'auto'`` (bf16
+            on a CPU with native bf16 and on CUDA, else fp32), ``'fp32'``, ``'bf16'`` or
+            ``'fp16'`` (CUDA), see :mod:`dino_mm.utils.precision`; the features are
+            stored as fp32 either way. None adds no autocast region, leaving the choice
+            to the model (e.g. :class:`~dino_mm.evaluation.FrozenFeatureModel`'s own
+            ``precision``) and any surrounding autocast. Defaults to None.
         cache_dir (str, optional): When set, features are saved under
             ``cache_dir/cache_name`` and loaded from there on later calls.
         cache_name (str, optional): Name of this feature set inside ``cache_dir``.
@@ -250,9 +258,10 @@ def extract_features(model: nn.Module,
     order = _sampler_order(data_loader)
     pbar = ProgressBar(len(data_loader)) if progress and dist.is_main_process() else None
     feats_list, labels_list, index_list = [], [], []
+    region = (contextlib.nullcontext if precision is None else functools.partial(
+        precision_autocast, precision, device, owner='extract_features'))
     for batch in data_loader:
-        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
-                            enabled=autocast_dtype is not None):
+        with region():
             feats, labels, indices = _forward_batch(model, batch, device, forward_fn)
         sampler_indices = next(order, None) if order is not None else None
         if indices is None:

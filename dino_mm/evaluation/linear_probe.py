@@ -28,6 +28,7 @@ from torch import nn
 from dino_mm.models.heads.linear import create_linear_input
 from dino_mm.registry import (METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
                               OPTIMIZERS)
+from dino_mm.utils.precision import check_precision, precision_autocast
 
 from .feature_extraction import parse_data_samples
 
@@ -91,8 +92,11 @@ class LinearProbeGrid(BaseModel):
         base_batch_size (int): Defaults to 256.
         embed_dim (int, optional): Backbone width D; read from ``backbone.embed_dim``
             when None.
-        autocast_dtype (str | torch.dtype, optional): Run the backbone under autocast
-            (the official probe uses fp16 on GPU). Defaults to None (off).
+        precision (str): Precision of the frozen backbone's forward: ``'auto'`` (bf16 on
+            a CPU with native bf16 and on CUDA, else fp32), ``'fp32'``, ``'bf16'`` or
+            ``'fp16'`` (CUDA; the official probe runs fp16 on GPUs); see
+            :mod:`dino_mm.utils.precision`. The classifiers get the tokens cast to fp32.
+            Defaults to 'auto'.
         backbone_checkpoint (str, optional): Official-layout backbone file (or a
             training checkpoint with a 'backbone.' prefix), loaded strictly at
             construction. A file exported by ``tools/convert/pretrain_to_backbone.py``
@@ -112,11 +116,15 @@ class LinearProbeGrid(BaseModel):
                  batch_size_per_gpu: int = 128,
                  base_batch_size: int = 256,
                  embed_dim: Optional[int] = None,
-                 autocast_dtype: Optional[Union[str, torch.dtype]] = None,
+                 precision: str = 'auto',
                  backbone_checkpoint: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if backbone_checkpoint is not None:
+            from dino_mm.models.backbones.utils import resolve_backbone_file
+            backbone_checkpoint = resolve_backbone_file(
+                backbone_checkpoint, f'{type(self).__name__}: model.backbone_checkpoint')
         ckpt = backbone_checkpoint
         if backbone_checkpoint is not None and isinstance(backbone, dict):
             # The architecture the file records (tools/convert/pretrain_to_backbone.py)
@@ -124,8 +132,10 @@ class LinearProbeGrid(BaseModel):
             from dino_mm.models.backbones.utils import backbone_cfg_for_file
             backbone, ckpt = backbone_cfg_for_file(backbone, backbone_checkpoint)
         self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
+        self._backbone_loaded = backbone_checkpoint is not None
         if backbone_checkpoint is not None:
-            # Loaded here, not through init_cfg: Runner.test() never calls init_weights.
+            # Loaded here, not through init_cfg: Runner.test() never calls init_weights
+            # (and init_weights() below keeps these weights).
             from dino_mm.models.backbones import load_checkpoint_strict
             load_checkpoint_strict(self.backbone, ckpt, source=str(backbone_checkpoint))
         self.backbone.requires_grad_(False)
@@ -134,9 +144,7 @@ class LinearProbeGrid(BaseModel):
         if embed_dim is None:
             raise ValueError(f'{type(self.backbone).__name__} has no `embed_dim`; pass '
                              'embed_dim=D to LinearProbeGrid')
-        if isinstance(autocast_dtype, str):
-            autocast_dtype = getattr(torch, autocast_dtype)
-        self.autocast_dtype = autocast_dtype
+        self.precision = check_precision(precision, f'{type(self).__name__}: precision')
         self.n_last_blocks = max(n_last_blocks_list)
         scale = batch_size_per_gpu * dist.get_world_size() / base_batch_size
         grid = [(n, avgpool, base_lr * scale) for n in n_last_blocks_list
@@ -155,8 +163,9 @@ class LinearProbeGrid(BaseModel):
             self.learning_rates[name] = lr
 
     def init_weights(self) -> None:
-        """Initialise the backbone only: the probes keep their official init."""
-        if hasattr(self.backbone, 'init_weights'):
+        """Initialise the backbone only (the probes keep their official init), unless its
+        weights came from ``backbone_checkpoint``: those are never replaced."""
+        if not self._backbone_loaded and hasattr(self.backbone, 'init_weights'):
             self.backbone.init_weights()
 
     def train(self, mode: bool = True) -> 'LinearProbeGrid':
@@ -172,11 +181,12 @@ class LinearProbeGrid(BaseModel):
 
     @torch.no_grad()
     def extract_feat(self, inputs: torch.Tensor):
-        """Backbone features of the last ``max(n_last_blocks_list)`` blocks (one pass)."""
-        with torch.autocast(device_type=inputs.device.type, dtype=self.autocast_dtype,
-                            enabled=self.autocast_dtype is not None):
-            return self.backbone.get_intermediate_layers(
+        """fp32 ``(patch_tokens, class_token)`` of the last ``max(n_last_blocks_list)``
+        blocks (one backbone pass in ``self.precision``)."""
+        with precision_autocast(self.precision, inputs.device, owner=type(self).__name__):
+            layers = self.backbone.get_intermediate_layers(
                 inputs, n=self.n_last_blocks, return_class_token=True)
+        return tuple((patch.float(), cls.float()) for patch, cls in layers)
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[list] = None,
                 mode: str = 'tensor'):

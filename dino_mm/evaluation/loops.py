@@ -15,10 +15,12 @@ from mmengine.evaluator import Evaluator
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.runner import TestLoop
+from mmengine.runner.amp import autocast
 from torch import nn
 from torch.utils.data import DataLoader
 
 from dino_mm.registry import LOOPS, MODELS
+from dino_mm.utils.precision import check_precision, precision_autocast
 
 from .feature_extraction import extract_features, parse_data_samples
 
@@ -32,8 +34,11 @@ class FrozenFeatureModel(BaseModel):
             return ``(B, D)`` features (the DINO backbones return the normalised class
             token by default). Its ``init_cfg=dict(type='Pretrained', checkpoint=...)``
             loads an official-layout file.
-        autocast_dtype (str | torch.dtype, optional): Autocast dtype for the backbone
-            (the official evaluations use fp16 on GPU). Defaults to None (off).
+        precision (str): Precision of the backbone forward: ``'auto'`` (bf16 on a CPU
+            with native bf16 and on CUDA, else fp32), ``'fp32'``, ``'bf16'`` or
+            ``'fp16'`` (CUDA; the official DINOv2 evaluations run fp16 on GPUs); see
+            :mod:`dino_mm.utils.precision`. The choice is logged once; features are cast
+            to fp32 after the backbone either way. Defaults to 'auto'.
         backbone_checkpoint (str, optional): Official-layout backbone file (or a
             training checkpoint with a 'backbone.' prefix), loaded strictly at
             construction. A file exported by ``tools/convert/pretrain_to_backbone.py``
@@ -45,11 +50,15 @@ class FrozenFeatureModel(BaseModel):
 
     def __init__(self,
                  backbone: Union[dict, nn.Module],
-                 autocast_dtype: Optional[Union[str, torch.dtype]] = None,
+                 precision: str = 'auto',
                  backbone_checkpoint: Optional[str] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if backbone_checkpoint is not None:
+            from dino_mm.models.backbones.utils import resolve_backbone_file
+            backbone_checkpoint = resolve_backbone_file(
+                backbone_checkpoint, f'{type(self).__name__}: model.backbone_checkpoint')
         ckpt = backbone_checkpoint
         if backbone_checkpoint is not None and isinstance(backbone, dict):
             # The architecture the file records (tools/convert/pretrain_to_backbone.py)
@@ -57,14 +66,20 @@ class FrozenFeatureModel(BaseModel):
             from dino_mm.models.backbones.utils import backbone_cfg_for_file
             backbone, ckpt = backbone_cfg_for_file(backbone, backbone_checkpoint)
         self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
+        self._backbone_loaded = backbone_checkpoint is not None
         if backbone_checkpoint is not None:
-            # Loaded here, not through init_cfg: Runner.test() never calls init_weights.
+            # Loaded here, not through init_cfg: Runner.test() never calls init_weights
+            # (and init_weights() below keeps these weights).
             from dino_mm.models.backbones import load_checkpoint_strict
             load_checkpoint_strict(self.backbone, ckpt, source=str(backbone_checkpoint))
         self.backbone.requires_grad_(False)
-        if isinstance(autocast_dtype, str):
-            autocast_dtype = getattr(torch, autocast_dtype)
-        self.autocast_dtype = autocast_dtype
+        self.precision = check_precision(precision, f'{type(self).__name__}: precision')
+
+    def init_weights(self) -> None:
+        """The backbone's own init (``init_cfg``), unless its weights came from
+        ``backbone_checkpoint``: those are never replaced."""
+        if not self._backbone_loaded and hasattr(self.backbone, 'init_weights'):
+            self.backbone.init_weights()
 
     def train(self, mode: bool = True) -> 'FrozenFeatureModel':
         """Keep the backbone in eval mode (no dropout, no RoPE jitter)."""
@@ -74,9 +89,8 @@ class FrozenFeatureModel(BaseModel):
 
     @torch.no_grad()
     def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Return ``(B, D)`` float32 features."""
-        with torch.autocast(device_type=inputs.device.type, dtype=self.autocast_dtype,
-                            enabled=self.autocast_dtype is not None):
+        """Return ``(B, D)`` float32 features (the backbone runs in ``self.precision``)."""
+        with precision_autocast(self.precision, inputs.device, owner=type(self).__name__):
             feats = self.backbone(inputs)
         if isinstance(feats, (tuple, list)):
             feats = feats[-1]
@@ -118,7 +132,10 @@ class FeatureEvalTestLoop(TestLoop):
             paths are under the work dir. Defaults to None (no cache).
         cache_name (str, optional): Name of the cached feature set. Defaults to
             ``'train_features'``.
-        fp16 (bool): Passed to :class:`TestLoop`. Defaults to False.
+        fp16 (bool): Mixed precision as in MMEngine's :class:`TestLoop` (fp16 autocast on
+            CUDA, bf16 on CPU; ``tools/test.py --amp`` sets it), applied to the training
+            features too, so both sides of the comparison are computed alike. A model's
+            own ``precision`` decides inside its backbone. Defaults to False.
     """
 
     def __init__(self,
@@ -149,8 +166,10 @@ class FeatureEvalTestLoop(TestLoop):
         self.runner.model.eval()
         print_log(f'extracting features of {len(self.train_dataloader.dataset)} training '
                   'samples', logger='current')
-        feats, labels = extract_features(self.runner.model, self.train_dataloader,
-                                         cache_dir=self.cache_dir, cache_name=self.cache_name)
+        with autocast(enabled=self.fp16):  # what TestLoop.run_iter does for the test pass
+            feats, labels = extract_features(self.runner.model, self.train_dataloader,
+                                             cache_dir=self.cache_dir,
+                                             cache_name=self.cache_name)
         if (labels < 0).any():
             raise ValueError('some training samples have no gt_label; k-NN and logistic '
                              'regression need a labelled training set')

@@ -37,3 +37,9 @@ def test_leaf(path):
         assert len(cfg.model.decode_head.in_channels) == n
         assert per_layer in (384, 768, 1024, 4096, 768 * 2, 384 * 2, 1024 * 2, 1536 * 2)
     assert cfg.default_hooks.visualization.type == 'dino_mm.DepthVisualizationHook'
+    # tools/test.py --tta: image + horizontal mirror, with the flip meta keys packed.
+    assert cfg.tta_model.type == 'dino_mm.DepthTTAModel'
+    views, pack = cfg.tta_pipeline[-1].transforms
+    assert [(v.type, v.prob, v.direction) for v in views] == [
+        ('mmseg.RandomFlip', 0., 'horizontal'), ('mmseg.RandomFlip', 1., 'horizontal')]
+    assert {'flip', 'flip_direction'} <= set(pack[0].meta_keys)

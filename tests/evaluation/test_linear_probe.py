@@ -16,8 +16,9 @@ STEPS = 12
 
 def _grid(lrs=(1e-3, 0.1, 1.0), batch=16):
     from .conftest import tiny_vit
+    # fp32: the grid is compared with a lone classifier on fp32 features.
     model = LinearProbeGrid(tiny_vit(), num_classes=10, learning_rates=lrs,
-                            batch_size_per_gpu=batch,
+                            batch_size_per_gpu=batch, precision='fp32',
                             data_preprocessor=dict(type='ImgDataPreprocessor',
                                                    mean=[127.5] * 3, std=[127.5] * 3))
     return model

@@ -24,9 +24,11 @@ def _runner(tmp_path, evaluator, ds_train, ds_val):
     from dino_mm.evaluation.loops import FrozenFeatureModel
 
     # Instances, not configs: a MODELS lookup in scope dino_mm imports the registry
-    # locations, including the mmseg glue, which needs mmcv.
-    model = FrozenFeatureModel(tiny_vit(), data_preprocessor=ImgDataPreprocessor(
-        mean=[127.5] * 3, std=[127.5] * 3))
+    # locations, including the mmseg glue, which needs mmcv. fp32: the metrics are
+    # compared with an fp32 reference to 1e-4 (bf16 is checked in test_precision.py).
+    model = FrozenFeatureModel(tiny_vit(), precision='fp32',
+                               data_preprocessor=ImgDataPreprocessor(mean=[127.5] * 3,
+                                                                     std=[127.5] * 3))
     return Runner(
         model=model,
         work_dir=str(tmp_path),
@@ -70,11 +72,15 @@ def test_configs_parse(path):
         assert cfg.test_cfg.type == 'dino_mm.FeatureEvalTestLoop'
 
 
-def test_tools_test_py_end_to_end(tmp_path):
-    """``tools/test.py CONFIG BACKBONE.pth`` on digits in the official ImageNet layout.
+@pytest.mark.parametrize('form', ['file', 'official-name', 'hf-folder'])
+def test_tools_test_py_end_to_end(tmp_path, form):
+    """``tools/test.py CONFIG BACKBONE`` on digits in the official ImageNet layout.
 
     The whole path runs (config, backbone file loaded strictly, training-feature
-    extraction, k-NN metric, ``--out``), and the accuracies are far above chance.
+    extraction, k-NN metric, ``--out``), and the accuracies are far above chance. The
+    backbone is given as a file path, as an official file name found in
+    ``$DINO_MM_WEIGHTS`` (as the hub finds it), and as a HF transformers model folder
+    written by ``tools/convert/convert_checkpoint.py --to hf``.
     """
     import json
     import subprocess
@@ -89,6 +95,23 @@ def test_tools_test_py_end_to_end(tmp_path):
     backbone = tiny_vit()
     ckpt = tmp_path / 'backbone.pth'
     torch.save(backbone.state_dict(), ckpt)
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    given = str(ckpt)
+    if form == 'official-name':
+        weights = tmp_path / 'weights'
+        weights.mkdir()
+        os.replace(ckpt, weights / 'dinov2_vits14_pretrain.pth')
+        env['DINO_MM_WEIGHTS'] = str(weights)
+        given = 'dinov2_vits14_pretrain.pth'
+    elif form == 'hf-folder':
+        given = str(tmp_path / 'hf')
+        conv = subprocess.run([sys.executable, 'tools/convert/convert_checkpoint.py',
+                               str(ckpt), given, '--to', 'hf', '--head-dim', '16'],
+                              cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert conv.returncode == 0, conv.stderr[-3000:]
+        assert os.path.isfile(os.path.join(given, 'config.json'))
+        os.remove(ckpt)
     out = tmp_path / 'metrics.json'
     small = ['dataset.pipeline.1.scale=28', 'dataset.pipeline.2.crop_size=28',
              'batch_size=128', 'num_workers=0', 'persistent_workers=False']
@@ -100,10 +123,9 @@ def test_tools_test_py_end_to_end(tmp_path):
         depth=backbone.n_blocks, embed_dim=backbone.embed_dim,
         num_heads=backbone.blocks[0].attn.num_heads, img_size=28).items()]
     cmd = [sys.executable, 'tools/test.py',
-           'configs/eval/knn/dinov2-vits14_knn_8xb256_in1k.py', str(ckpt),
+           'configs/eval/knn/dinov2-vits14_knn_8xb256_in1k.py', given,
            '--work-dir', str(tmp_path / 'work'), '--out', str(out), '--cfg-options',
            'test_evaluator.ks=[10,20]', *cfg_opts, *opts]
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -20,9 +20,28 @@ def digits_root(tmp_path_factory):
 
 @pytest.fixture
 def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
+    """A port that is free now, taken *below* the kernel's ephemeral range.
+
+    ``bind(0)`` hands out an ephemeral port, which the kernel may give to another
+    process's outgoing connection (gloo opens many in the parallel tests) before the
+    launched job binds it (EADDRINUSE). Ports under the ephemeral range are only ever
+    taken by an explicit bind.
+    """
+    import random
+    try:
+        low = int(open('/proc/sys/net/ipv4/ip_local_port_range').read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, min(low, 32768) - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(('127.0.0.1', port))
+            except OSError:
+                continue
+            return str(port)
+    raise RuntimeError('no free TCP port found between 20000 and the ephemeral range')
 
 
 @pytest.fixture

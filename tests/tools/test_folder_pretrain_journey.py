@@ -110,10 +110,12 @@ def test_folder_pretrain_export_and_features_without_overrides(photo_folder, tmp
     for k, v in teacher.items():
         assert torch.equal(saved['state_dict'][k], v), k
 
-    # The feature tool on the exported file: no --arch, no --override.
+    # The feature tool on the exported file: no --arch, no --override (fp32: compared
+    # with an fp32 reference below).
     out = str(tmp_path / 'feats')
     _run([PY, 'tools/extract_features.py', photo_folder, '--weights', exported, '--out', out,
-          '--size', str(4 * patch), '--no-progress', '--shard-size', '100'])
+          '--size', str(4 * patch), '--no-progress', '--shard-size', '100',
+          '--precision', 'fp32'])
     with open(osp.join(out, 'index.json')) as f:
         index = json.load(f)
     assert len(index['images']) == 12  # every image, nested and flat; notes.txt ignored

@@ -44,3 +44,20 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='mmdet.CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
                      metric='bbox', format_only=False, backend_args=backend_args)
 test_evaluator = val_evaluator
+# `tools/test.py --tta`: mmdet's DetTTAModel on the image and its horizontal mirror (the
+# unflipped view first, so the merged sample keeps its meta information); the mirrored
+# boxes are flipped back through the packed `flip` / `flip_direction` meta keys, then
+# merged with class-wise NMS.
+tta_model = dict(type='DetTTAModel',
+                 tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(1333, 800), keep_ratio=True)],
+        [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1.)],
+        [dict(type='LoadAnnotations', with_bbox=True)],
+        [dict(type='PackDetInputs',
+              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                         'flip', 'flip_direction'))],
+    ]),
+]

@@ -43,3 +43,15 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='dino_mm.DepthMetric', min_depth=1e-3, max_depth=80.0,
                      crop='kitti_garg')
 test_evaluator = val_evaluator
+# `tools/test.py --tta`: image + horizontal mirror, the mirrored depth flipped back and the
+# two depth maps averaged (the flip TTA of the official DINOv3 depth evaluation).
+tta_model = dict(type='dino_mm.DepthTTAModel')
+tta_pipeline = [
+    dict(type='mmcv.LoadImageFromFile'),
+    dict(type='dino_mm.LoadDepthMap'),
+    dict(type='mmcv.TestTimeAug', transforms=[
+        [dict(type='mmseg.RandomFlip', prob=0., direction='horizontal'),
+         dict(type='mmseg.RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='mmseg.PackSegInputs', meta_keys=meta_keys)],
+    ]),
+]

@@ -3,6 +3,8 @@
 dataset_type = 'dino_mm.NYUDepthDataset'
 data_root = 'data/nyu'
 crop_size = (416, 544)  # DINOv3 NYU random crop (h, w)
+meta_keys = ('img_path', 'depth_map_path', 'ori_shape', 'img_shape', 'pad_shape',
+             'scale_factor', 'flip', 'flip_direction', 'focal')
 
 train_pipeline = [
     dict(type='mmcv.LoadImageFromFile'),
@@ -12,16 +14,12 @@ train_pipeline = [
     dict(type='mmseg.RandomCrop', crop_size=crop_size),
     dict(type='mmseg.RandomFlip', prob=0.5),
     dict(type='dino_mm.RandomBrightness', factor_range=(0.75, 1.25)),
-    dict(type='mmseg.PackSegInputs',
-         meta_keys=('img_path', 'depth_map_path', 'ori_shape', 'img_shape', 'pad_shape',
-                    'scale_factor', 'flip', 'flip_direction', 'focal')),
+    dict(type='mmseg.PackSegInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
     dict(type='mmcv.LoadImageFromFile'),
     dict(type='dino_mm.LoadDepthMap'),
-    dict(type='mmseg.PackSegInputs',
-         meta_keys=('img_path', 'depth_map_path', 'ori_shape', 'img_shape', 'pad_shape',
-                    'scale_factor', 'flip', 'flip_direction', 'focal')),
+    dict(type='mmseg.PackSegInputs', meta_keys=meta_keys),
 ]
 train_dataloader = dict(
     batch_size=2,
@@ -40,3 +38,16 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 val_evaluator = dict(type='dino_mm.DepthMetric', min_depth=1e-3, max_depth=10.0, crop='nyu_eigen')
 test_evaluator = val_evaluator
+# `tools/test.py --tta`: the official DINOv3 NYU evaluation (use_tta) averages the depth of
+# the image and the flipped-back depth of its horizontal mirror. Both views keep the `flip`
+# meta keys, which the estimator uses to flip the mirrored prediction back.
+tta_model = dict(type='dino_mm.DepthTTAModel')
+tta_pipeline = [
+    dict(type='mmcv.LoadImageFromFile'),
+    dict(type='dino_mm.LoadDepthMap'),
+    dict(type='mmcv.TestTimeAug', transforms=[
+        [dict(type='mmseg.RandomFlip', prob=0., direction='horizontal'),
+         dict(type='mmseg.RandomFlip', prob=1., direction='horizontal')],
+        [dict(type='mmseg.PackSegInputs', meta_keys=meta_keys)],
+    ]),
+]

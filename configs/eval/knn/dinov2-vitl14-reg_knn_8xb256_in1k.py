@@ -2,4 +2,4 @@
 _base_ = ['../../_base_/eval_knn.py']
 
 model = dict(backbone=dict(arch='dinov2_vitl14_reg'))
-# Upstream runs v2 evals under fp16 autocast on GPU: model.autocast_dtype='float16'.
+# Upstream runs v2 evals under fp16 autocast on GPU: model.precision='fp16'.

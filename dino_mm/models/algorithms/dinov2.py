@@ -19,6 +19,7 @@ from torch.nn.utils import clip_grad_norm_
 
 from dino_mm.registry import MODELS
 from ..losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
+from .optimization import SSLOptimizationMixin
 
 _CENTERINGS = ('centering', 'sinkhorn_knopp')
 
@@ -59,7 +60,7 @@ def clip_grad_per_module(named_modules, max_norm: float,
 
 
 @MODELS.register_module()
-class DINOv2(BaseModel):
+class DINOv2(SSLOptimizationMixin, BaseModel):
     """DINOv2 student/teacher model with DINO, iBOT and KoLeo losses.
 
     ``forward(**batch, mode='loss')`` takes the official collate output
@@ -395,50 +396,3 @@ class DINOv2(BaseModel):
             return {}
         unscale_amp_grads(optim_wrapper)
         return clip_grad_per_module(self.student.items(), self.clip_grad)
-
-    def train_step(self, data: dict, optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
-        """Forward, finite check, backward, per-module clipping, step (official order).
-
-        Raises:
-            FloatingPointError: When the total loss is NaN or infinite; raised before the
-                backward pass so the weights (and the last checkpoint) stay intact.
-        """
-        self.check_clip_config(optim_wrapper)
-        with optim_wrapper.optim_context(self):
-            data = self.data_preprocessor(data, True)
-            losses = self._run_forward(data, mode='loss')
-        return self.optimize_losses(losses, optim_wrapper)
-
-    def check_clip_config(self, optim_wrapper: OptimWrapper) -> None:
-        """Refuse a second (global) clipping in the optim wrapper when the model clips."""
-        if self.clip_grad and getattr(optim_wrapper, 'clip_grad_kwargs', None):
-            raise ValueError('DINOv2 clips gradients per student sub-module itself '
-                             f'(clip_grad={self.clip_grad}); remove `clip_grad` from the '
-                             'optim_wrapper config, or set model.clip_grad=None to use the '
-                             "optim wrapper's global clipping instead.")
-
-    def optimize_losses(self, losses: Dict[str, torch.Tensor],
-                        optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
-        """Finite check, backward, per-module clipping and step for computed ``losses``.
-
-        Shared by :meth:`train_step` and the DDP wrapper
-        (:class:`dino_mm.engine.model_wrappers.DINODistributedDataParallel`), which runs the
-        forward through DDP so that the backward pass all-reduces the gradients.
-
-        Raises:
-            FloatingPointError: When the total loss is NaN or infinite; raised before the
-                backward pass so the weights (and the last checkpoint) stay intact.
-        """
-        parsed_loss, log_vars = self.parse_losses(losses)
-        if not torch.isfinite(parsed_loss).all():
-            terms = ', '.join(f'{k}={float(v.detach()):.6g}' for k, v in log_vars.items())
-            raise FloatingPointError(
-                f'DINOv2: the total loss is not finite ({terms}). Training stops here; resume '
-                'from the last checkpoint with a lower learning rate, a higher teacher '
-                'temperature warm-up or fp32, and check the input batch for NaN/Inf.')
-        optim_wrapper.backward(optim_wrapper.scale_loss(parsed_loss))
-        if optim_wrapper.should_update():
-            log_vars.update(self.clip_gradients(optim_wrapper))
-            optim_wrapper.step()
-            optim_wrapper.zero_grad()
-        return log_vars

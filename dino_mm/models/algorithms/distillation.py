@@ -19,6 +19,7 @@ from dino_mm.registry import MODELS
 from ..losses import DINOLoss, iBOTPatchLoss
 from .dinov2 import _build, clip_grad_per_module, unscale_amp_grads
 from .dinov3 import DINOv3, _v3_head, check_checkpoint_compatibility
+from .optimization import SSLOptimizationMixin
 
 __all__ = ['DINOv3Distillation', 'MultiDistillation', 'build_frozen_teacher']
 
@@ -204,7 +205,7 @@ class DINOv3Distillation(DINOv3):
 
 
 @MODELS.register_module()
-class MultiDistillation(BaseModel):
+class MultiDistillation(SSLOptimizationMixin, BaseModel):
     """DINOv3 multi-distillation: one frozen teacher, several students, one teacher pass.
 
     Every iteration the teacher backbone and heads run **once** on the global crops;
@@ -269,6 +270,11 @@ class MultiDistillation(BaseModel):
                                  '"."; it becomes a module name.')
             cfg = dict(cfg)
             cfg.pop('type', None)
+            if cfg.get('koleo_loss_distributed', False):
+                # Official multi-distillation always computes KoLeo per GPU.
+                raise ValueError(f'MultiDistillation: student {name!r} sets '
+                                 'koleo_loss_distributed=True; multi-distillation uses the '
+                                 'per-rank KoLeo only (as the official recipe). Remove it.')
             cfg.update(external_teacher=True, centering=centering, clip_grad=clip_grad)
             student = DINOv3Distillation(**cfg)
             # Check head sizes / patch size against the shared teacher.
@@ -391,19 +397,3 @@ class MultiDistillation(BaseModel):
             norms.update(clip_grad_per_module(student.student.items(), self.clip_grad,
                                               prefix=f'{name}.'))
         return norms
-
-    def train_step(self, data: dict, optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
-        """Forward, finite check, backward, per-student per-module clipping, step."""
-        with optim_wrapper.optim_context(self):
-            data = self.data_preprocessor(data, True)
-            losses = self._run_forward(data, mode='loss')
-        parsed_loss, log_vars = self.parse_losses(losses)
-        if not torch.isfinite(parsed_loss).all():
-            terms = ', '.join(f'{k}={float(v.detach()):.6g}' for k, v in log_vars.items())
-            raise FloatingPointError(f'MultiDistillation: the total loss is not finite ({terms}).')
-        optim_wrapper.backward(optim_wrapper.scale_loss(parsed_loss))
-        if optim_wrapper.should_update():
-            log_vars.update(self.clip_gradients(optim_wrapper))
-            optim_wrapper.step()
-            optim_wrapper.zero_grad()
-        return log_vars
