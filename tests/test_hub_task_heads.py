@@ -18,7 +18,7 @@ import dino_mm.hub as hub
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 V3_7B_BACKBONE = 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'
 
-# Every task-head entry -> the files its default needs (official names, SPEC §5.4).
+# Every task-head entry -> the files its default needs (official names, docs/reference.md §2.4).
 EXPECTED_FILES = {
     'dinov3_vit7b16_lc': ['dinov3_vit7b16_imagenet1k_linear_head-90d8ed92.pth',
                           V3_7B_BACKBONE],

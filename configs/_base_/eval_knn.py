@@ -1,4 +1,4 @@
-# k-NN evaluation (SPEC §9.1): L2-normalised class token, cosine similarity,
+# k-NN evaluation (docs/reference.md §5.2): L2-normalised class token, cosine similarity,
 # softmax(sim / 0.07) voting, k in (10, 20, 100, 200). Run with
 #   python tools/test.py configs/eval/knn/<leaf>.py <backbone.pth> --work-dir <dir>
 # (set model.backbone_checkpoint=<official backbone file>; it is loaded strictly).

@@ -1,5 +1,6 @@
-# Linear-probe grid (SPEC §9.2): 13 lrs x n_last_blocks {1, 4} x avgpool {False, True},
-# all trained in one pass on frozen features; SGD momentum 0.9, wd 0, cosine to 0,
+# Linear-probe grid (docs/reference.md §5.3): 13 lrs x n_last_blocks {1, 4} x avgpool
+# {False, True}, all trained in one pass on frozen features; SGD momentum 0.9, wd 0,
+# cosine to 0,
 # 10 x 1250 iterations, lr scaled by (128 x GPUs) / 256; best classifier on val. Run with
 #   bash tools/dist_train.sh configs/eval/linear/<leaf>.py 8 \
 #       --cfg-options model.backbone_checkpoint=<official backbone file>

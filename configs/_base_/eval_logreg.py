@@ -1,4 +1,4 @@
-# Logistic regression (SPEC §9.3): L-BFGS, C in 10 ** linspace(-6, 5, 45), tol 1e-12,
+# Logistic regression (docs/reference.md §5.4): L-BFGS, C in 10 ** linspace(-6, 5, 45), tol 1e-12,
 # C chosen on 10% of train, refit on train, top-1 on val. scikit-learn on CPU (cuML if
 # installed). Same command line as k-NN.
 _base_ = ['./eval_knn.py']

@@ -1,6 +1,6 @@
 # DINOv3 ViT-7B/16, stage 2 of 3: Gram anchoring (official dinov3_vit7b16_gram_anchor.yaml,
-# SPEC §7.2-7.3). Starts from the stage-1 checkpoint (`load_from`); the Gram teacher is the
-# stage-1 EMA teacher (`model.gram_ckpt`). 256 GPUs x 16 images.
+# docs/reference.md §4.2-§4.3). Starts from the stage-1 checkpoint (`load_from`); the Gram
+# teacher is the stage-1 EMA teacher (`model.gram_ckpt`). 256 GPUs x 16 images.
 # The official run counts iterations from the start of pretraining (1200 epochs in total,
 # Gram from epoch 1000). MMEngine restarts the counter at 0 after `load_from`, so every
 # official iteration below is shifted by `stage_start_iter` (= 1000 epochs x 1000).

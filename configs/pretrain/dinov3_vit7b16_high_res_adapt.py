@@ -1,6 +1,6 @@
 # DINOv3 ViT-7B/16, stage 3 of 3: high-resolution adaptation (official
-# dinov3_vit7b16_high_res_adapt.yaml, SPEC §7.3). Student, EMA teacher and Gram teacher
-# start from the stage-2 EMA teacher (official `student.resume_from_teacher_chkpt` and
+# dinov3_vit7b16_high_res_adapt.yaml, docs/reference.md §4.3). Student, EMA teacher and
+# Gram teacher start from the stage-2 EMA teacher (official `student.resume_from_teacher_chkpt` and
 # `gram.ckpt`). 30 epochs x 1000 iterations, 8 images/GPU on 256 GPUs. Each batch uses one
 # (global, local, gram) crop-size triple drawn with the official pair ratios.
 # KoLeo is the distributed variant (official `koleo_loss_distributed: true`): nearest

@@ -1,6 +1,7 @@
 # DINOv3 ViT-7B/16, stage 1 of 3: pretraining (official dinov3_vit7b16_pretrain.yaml,
-# SPEC §7.3). 32 nodes x 8 GPUs (256 GPUs), 16 images/GPU (batch 4096), 1000 epochs x 1000
-# iterations on LVD-1689M (use any dino_mm dataset; ImageNet-22k shown). Time not published.
+# docs/reference.md §4.3). 32 nodes x 8 GPUs (256 GPUs), 16 images/GPU (batch 4096), 1000
+# epochs x 1000 iterations on LVD-1689M (use any dino_mm dataset; ImageNet-22k shown). Time
+# not published.
 # Stage 2: dinov3_vit7b16_gram_anchor.py, stage 3: dinov3_vit7b16_high_res_adapt.py.
 # Not reproduced: FSDP2 sharding, fp8 block matmuls, torch.compile (see configs/pretrain
 # README); a 7B student + teacher does not fit one GPU without sharding.

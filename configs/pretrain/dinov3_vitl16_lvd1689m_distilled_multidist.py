@@ -1,9 +1,10 @@
 # DINOv3 multi-distillation of the released small models (official
-# dinov3_vitl16_lvd1689m_distilled.yaml + --multi-distillation, SPEC §7.5): one frozen
-# ViT-7B/16 teacher (stage-3 checkpoint), four students trained in one job with one teacher
+# dinov3_vitl16_lvd1689m_distilled.yaml + --multi-distillation, docs/reference.md §4.6): one
+# frozen ViT-7B/16 teacher (stage-3 checkpoint), four students trained in one job with one teacher
 # forward per batch: ViT-S/16 (official ranks 0-48), ViT-S+/16 SwiGLU (48-96), ViT-B/16
 # (96-176), ViT-L/16 (176-296). Official: 296 GPUs, global batch 1920, 20 epochs x 1000
-# iterations; released results: SPEC §10.3 (e.g. ViT-L/16 ADE20k 54.9 mIoU, NYU 0.352).
+# iterations; released results: docs/reference.md §5.11 (e.g. ViT-L/16 ADE20k 54.9 mIoU,
+# NYU 0.352).
 # Here every student sees the whole per-GPU batch (see dino_mm.MultiDistillation); set
 # batch_size and the GPU count so that the global batch matches.
 _base_ = ['./dinov3_vit7b16_pretrain.py']

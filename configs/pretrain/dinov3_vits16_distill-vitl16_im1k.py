@@ -1,9 +1,11 @@
-# DINOv2-style distillation with the DINOv3 losses (official `distillation.enabled`, SPEC
-# §7.5): a frozen ViT-L/16 teacher (the vitl_im1k_lin834 recipe, its pretraining checkpoint
-# in `teacher_ckpt`) distilled into a ViT-S/16 student on ImageNet-1k. The student's global
-# crops are not masked; an EMA of the student (`student_ema`) is what gets evaluated.
+# DINOv2-style distillation with the DINOv3 losses (official `distillation.enabled`,
+# docs/reference.md §4.5): a frozen ViT-L/16 teacher (the vitl_im1k_lin834 recipe, its
+# pretraining checkpoint in `teacher_ckpt`) distilled into a ViT-S/16 student on
+# ImageNet-1k. The student's global crops are not masked; an EMA of the student
+# (`student_ema`) is what gets evaluated.
 # Hardware as the teacher recipe (4 x 8 GPUs, 64 images/GPU); no published figure for this
-# exact pairing (the released DINOv2 ViT-S/14 distilled: 79.0 kNN / 81.1 linear, SPEC §10.1).
+# exact pairing (the released DINOv2 ViT-S/14 distilled: 79.0 kNN / 81.1 linear,
+# docs/reference.md §5.11).
 _base_ = ['./dinov3_vitl16_im1k_lin834.py']
 
 teacher_checkpoint = 'work_dirs/dinov3_vitl16_im1k_lin834/iter_125000.pth'

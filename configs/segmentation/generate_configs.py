@@ -26,7 +26,8 @@ DINOV3 = {
     'vit7b16': ('dinov3_vit7b16', 4096, 40, 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'),
 }
 # Published mIoU. ms ADE20K (DINOv2 model card) and DINOv3 linear ADE20K (model card)
-# are in SPEC 10; the others are the DINOv2 README table as remembered (unverified).
+# are in docs/reference.md §5.11; the others are the DINOv2 README table as remembered
+# (unverified).
 PUBLISHED: Dict[Tuple[str, str, str], str] = {
     ('vits14', 'linear', 'ade20k'): '44.3 (DINOv2 README, unverified)',
     ('vitb14', 'linear', 'ade20k'): '47.3 (DINOv2 README, unverified)',
@@ -112,7 +113,7 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
     else:
         published = '63.0 (DINOv3 paper, 7B + M2F, unverified)'
         heads, width = 32, 2048
-        # SPEC 9.6: hidden_dim 2048, eval 896 px slide (stride 596) with TTA ratios.
+        # docs/reference.md §5.6: hidden_dim 2048, eval 896 px slide (stride 596) with TTA ratios.
         test = ("mode='slide', crop_size=(896, 896), stride=(596, 596),\n"
                 '        img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1]')
         extra = M2F_TEST_896

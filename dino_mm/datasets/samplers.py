@@ -31,7 +31,8 @@ class SeededInfiniteSampler(InfiniteSampler):
     per worker; the skip replays the same batches through them, so they match as well.
 
     The statistics of the augmentations are unchanged; only the seeding differs from
-    the official loader (one seed per worker, SPEC §11.14-15).
+    the official loader (one seed per worker,
+    docs/reference.md §6.13-§6.14).
 
     Args:
         dataset (Sized): The dataset.

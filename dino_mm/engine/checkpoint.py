@@ -1,6 +1,7 @@
 """Safe, atomic checkpoints for MMEngine runners under torch >= 2.6.
 
-Two problems of the pinned stack are fixed here (see ../shared/STACK.md):
+Two problems of the pinned stack are fixed here (see docs/setup.md, "Known problems of the
+pinned packages"):
 
 * ``torch.load`` defaults to ``weights_only=True`` since torch 2.6 and MMEngine 0.10.7
   checkpoints hold objects the safe unpickler rejects (``HistoryBuffer`` of the message

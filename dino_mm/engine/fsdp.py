@@ -52,9 +52,9 @@ _DTYPES = {
     'float16': torch.float16, 'half': torch.float16, 'bf16': torch.bfloat16,
     'bfloat16': torch.bfloat16, None: None
 }
-# Official DINOv2 FSDP precision (SPEC §6.8), with bf16 instead of fp16: bf16 needs no loss
-# scaling, which FSDP2 + MMEngine's AmpOptimWrapper do not provide together. The heads of the
-# student keep fp32 gradient reductions, as the official config does.
+# Official DINOv2 FSDP precision (docs/reference.md §3.10), with bf16 instead of fp16: bf16
+# needs no loss scaling, which FSDP2 + MMEngine's AmpOptimWrapper do not provide together.
+# The heads of the student keep fp32 gradient reductions, as the official config does.
 DEFAULT_MIXED_PRECISION = dict(
     student=dict(backbone=dict(param_dtype='bf16', reduce_dtype='bf16'),
                  dino_head=dict(param_dtype='bf16', reduce_dtype='fp32'),

@@ -1,4 +1,5 @@
-"""Weighted k-NN classification on frozen features (the DINO evaluation protocol, SPEC §9.1).
+"""Weighted k-NN classification on frozen features (the DINO evaluation protocol,
+docs/reference.md §5.2).
 
 Features are L2-normalised, so the dot product is the cosine similarity. For every test
 sample the ``k_max = max(ks)`` most similar training samples are found; their weights are

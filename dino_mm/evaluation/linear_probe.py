@@ -1,6 +1,6 @@
 """Linear-probe grid: many linear classifiers trained in one pass over frozen features.
 
-As in the official protocol (SPEC §9.2), every combination of learning rate, number of
+As in the official protocol (docs/reference.md §5.3), every combination of learning rate, number of
 last blocks (class tokens concatenated) and average pooling of the last block's patch
 tokens gets its own ``nn.Linear``; all of them are trained together from the same
 backbone features of each batch (one backbone forward per step), each in its own

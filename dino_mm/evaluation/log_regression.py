@@ -1,4 +1,4 @@
-"""L2-regularised logistic regression on frozen features (SPEC §9.3).
+"""L2-regularised logistic regression on frozen features (docs/reference.md §5.4).
 
 The official evaluation sweeps the inverse regularisation strength ``C`` over
 ``10 ** linspace(-6, 5, 45)`` with an L-BFGS solver (``tol=1e-12``), picks the best C on

@@ -23,7 +23,7 @@ __all__ = [
     'dinov3_vith16plus', 'dinov3_vit7b16', 'BACKBONE_WEIGHTS'
 ]
 
-# Official file names (SPEC §5.1, §5.2).
+# Official file names (docs/reference.md §2.1, §2.2).
 BACKBONE_WEIGHTS = {}
 for _s in 'sblg':
     _base = f'dinov2_vit{_s}14'

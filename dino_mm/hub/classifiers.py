@@ -1,4 +1,5 @@
-"""Hub constructors for the official ImageNet-1k linear classifiers (``*_lc``, SPEC §5.4).
+"""Hub constructors for the official ImageNet-1k linear classifiers (``*_lc``,
+docs/reference.md §2.4).
 
 Each entry builds the matching backbone through :mod:`dino_mm.hub.backbones` and wraps it
 in :class:`~dino_mm.models.heads.linear.DinoLinearClassifier`. As in the official hub, the

@@ -18,7 +18,7 @@ __all__ = [
     'dinov3_convnext_large'
 ]
 
-# 8-hex-digit suffixes of the released LVD-1689M files (SPEC §3.5).
+# 8-hex-digit suffixes of the released LVD-1689M files (docs/reference.md §1.11).
 CONVNEXT_WEIGHT_HASHES = {
     'tiny': '21b726bb',
     'small': '296db49d',

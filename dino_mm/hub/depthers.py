@@ -24,7 +24,7 @@ __all__ = [
     'dinov3_vit7b16_dd', 'depther_out_index'
 ]
 
-# Official 4-layer selections (SPEC 5.5); 1 layer = the last block.
+# Official 4-layer selections (docs/reference.md §2.5); 1 layer = the last block.
 _V2_OUT_INDEX = {'s': [2, 5, 8, 11], 'b': [2, 5, 8, 11], 'l': [4, 11, 17, 23],
                  'g': [9, 19, 29, 39]}
 _V2_DEPTH = {'s': 12, 'b': 12, 'l': 24, 'g': 40}

@@ -273,7 +273,7 @@ def dinov3_vit7b16_ms(pretrained: Optional[bool] = None, weights: Optional[str] 
                       feat_channels: int = 2048, **kwargs) -> nn.Module:
     """DINOv3 ViT-7B/16 (frozen) + adapter + Mask2Former on ADE20K (official hub name).
 
-    Evaluation as SPEC 9.6: 896 px sliding window (stride 596) with test-time ratios
+    Evaluation as docs/reference.md §5.6: 896 px sliding window (stride 596) with test-time ratios
     [0.9, 0.95, 1.0, 1.05, 1.1].
 
     Args:
@@ -288,7 +288,8 @@ def dinov3_vit7b16_ms(pretrained: Optional[bool] = None, weights: Optional[str] 
             always loaded.
         backbone_kwargs (dict, optional): Overrides for ``DinoVisionTransformer``.
         adapter_kwargs (dict, optional): Overrides for ``DinoViTAdapter``.
-        feat_channels (int): Mask2Former hidden width. Defaults to 2048 (SPEC 9.6).
+        feat_channels (int): Mask2Former hidden width. Defaults to 2048
+            (docs/reference.md §5.6).
         **kwargs: Also forwarded to the ViT.
 
     Returns:

@@ -107,7 +107,7 @@ _CHUNKED = re.compile(r'^blocks\.(\d+)\.(\d+)\.')
 
 def unchunk_blocks(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """Map FSDP-chunked ``blocks.{chunk}.{i}.*`` keys to flat ``blocks.{i}.*`` (the global
-    block index is already ``i``, SPEC §2.6)."""
+    block index is already ``i``, docs/reference.md §1.6)."""
     return {_CHUNKED.sub(r'blocks.\2.', k): v for k, v in sd.items()}
 
 

@@ -168,8 +168,9 @@ def test_slurm_train_builds_srun_command_and_runs_ranks(tmp_path, digits_root, t
                FAKE_SRUN_LOG=log, FAKE_MASTER_PORT=free_port, PYTHON=PY)
     p = _run(['bash', 'tools/slurm_train.sh', 'debugpart', 'dino_job', CONFIG, wd,
               *_opts(digits_root, 2)], env)
-    outs = ''.join(open(f).read()[-2000:] for f in glob.glob(log + '.out.*'))
-    assert p.returncode == 0, (p.stderr[-2000:], outs)
+    outs = '\n'.join(f'--- {f}\n' + open(f).read()[-3000:]
+                      for f in sorted(glob.glob(log + '.out.*')))
+    assert p.returncode == 0, f'{p.stderr[-2000:]}\n{outs}'
     args = open(log).read().split('\n')
     assert args[:2] == ['-p', 'debugpart']
     for expected in ('--job-name=dino_job', '--gres=gpu:2', '--ntasks=2',

@@ -1,7 +1,8 @@
 # ImageNet-1k for frozen-feature evaluation (official layout, read by dino_mm.ImageNet).
 # Eval transform: Resize(256, bicubic) -> CenterCrop(224); linear-probe train transform:
-# RandomResizedCrop(224, bicubic) + HFlip (SPEC §1). mmcv decodes with cv2 (BGR; the data
-# preprocessor converts to RGB), so pixels differ slightly from the PIL pipeline upstream.
+# RandomResizedCrop(224, bicubic) + HFlip (docs/reference.md §5.1). mmcv decodes with cv2
+# (BGR; the data preprocessor converts to RGB), so pixels differ slightly from the PIL
+# pipeline upstream.
 dataset_type = 'dino_mm.ImageNet'
 data_root = 'data/imagenet'
 

@@ -1,5 +1,6 @@
-# Multi-crop pretraining data (SPEC §6.5-6.6): 2 global crops 224 (scale 0.32-1) and 8
-# local crops 96 (scale 0.05-0.32) with the official photometric augmentations (including
+# Multi-crop pretraining data (docs/reference.md §3.6-§3.7): 2 global crops 224 (scale
+# 0.32-1) and 8 local crops 96 (scale 0.05-0.32) with the official photometric
+# augmentations (including
 # the official blur-probability quirk: effective 0.0 / 0.9 / 0.5), iBOT block masks on half
 # of the global crops with ratios in [0.1, 0.5]. ImageNet-1k in the official layout with
 # extra/*.npy (tools/dataset_converters/make_imagenet_extra.py makes extra/).

@@ -1,6 +1,7 @@
-# DINOv2 meta-architecture with the official defaults (ssl_default_config.yaml, SPEC §6.1):
-# ViT-L/16, drop path 0.3 (uniform), LayerScale 1e-5, DINO head 65536 prototypes
-# (bottleneck 256, hidden 2048, 3 layers) shared with iBOT, KoLeo 0.1, softmax centering.
+# DINOv2 meta-architecture with the official defaults (ssl_default_config.yaml,
+# docs/reference.md §3.1): ViT-L/16, drop path 0.3 (uniform), LayerScale 1e-5, DINO head
+# 65536 prototypes (bottleneck 256, hidden 2048, 3 layers) shared with iBOT, KoLeo 0.1,
+# softmax centering.
 model = dict(
     type='dino_mm.DINOv2',
     backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vitl14', patch_size=16,

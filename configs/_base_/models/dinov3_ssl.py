@@ -1,6 +1,7 @@
 # DINOv3 meta-architecture with the official defaults (dinov3 ssl_default_config.yaml,
-# SPEC §7.1): ViT-L/16 with RoPE, 4 storage tokens, k-masked qkv bias; DINO head with a plain
-# linear prototype layer (no weight norm) and a separate iBOT head (65536 / 256 / 2048 / 3);
+# docs/reference.md §4.1): ViT-L/16 with RoPE, 4 storage tokens, k-masked qkv bias; DINO
+# head with a plain linear prototype layer (no weight norm) and a separate iBOT head (65536 /
+# 256 / 2048 / 3);
 # Sinkhorn-Knopp targets, global_ignore_diagonal, KoLeo 0.1 (mean over crops x 2), iBOT 1.0.
 # Gram anchoring is off; the gram_anchor / high_res_adapt stage configs switch it on.
 model = dict(

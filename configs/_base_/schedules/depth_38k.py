@@ -1,8 +1,8 @@
-# Depth probing schedule of the official DINOv3 NYU linear config (SPEC 9.7): 38,400 iters,
-# batch 2 x 8 GPUs, AdamW lr 3e-4 (betas 0.9/0.99), wd 1e-4, grad clip 35, one-cycle LR with
-# 12,800 warm-up iters and final_div_factor 1000. The official momentum cycling (0.85-0.95)
-# is not reproduced. DINOv2's own depth schedules are not in its repository (unverified);
-# the same recipe is used for them.
+# Depth probing schedule of the official DINOv3 NYU linear config (docs/reference.md §5.8):
+# 38,400 iters, batch 2 x 8 GPUs, AdamW lr 3e-4 (betas 0.9/0.99), wd 1e-4, grad clip 35,
+# one-cycle LR with 12,800 warm-up iters and final_div_factor 1000. The official momentum
+# cycling (0.85-0.95) is not reproduced. DINOv2's own depth schedules are not in its
+# repository (unverified); the same recipe is used for them.
 _base_ = ['../default_runtime.py']
 max_iters = 38400
 optim_wrapper = dict(

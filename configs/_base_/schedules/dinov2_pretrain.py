@@ -1,8 +1,9 @@
-# Official DINOv2 optimisation (SPEC §6.7), in iterations of OFFICIAL_EPOCH_LENGTH = 1250:
-# AdamW(0.9, 0.999); lr = base_lr * sqrt(total_batch / 1024), linear warm-up (10 ep) then
-# cosine to min_lr; weight decay cosine 0.04 -> 0.4; last layer frozen 1 epoch; layer-wise
-# lr decay 0.9, patch-embed lr x0.2; grad clipping 3.0 per student sub-module (in the
-# model); teacher momentum cosine 0.992 -> 1; teacher temperature 0.04 -> 0.07 over 30 ep.
+# Official DINOv2 optimisation (docs/reference.md §3.8-§3.9), in iterations of
+# OFFICIAL_EPOCH_LENGTH = 1250: AdamW(0.9, 0.999); lr = base_lr * sqrt(total_batch / 1024),
+# linear warm-up (10 ep) then cosine to min_lr; weight decay cosine 0.04 -> 0.4; last layer
+# frozen 1 epoch; layer-wise lr decay 0.9, patch-embed lr x0.2; grad clipping 3.0 per student
+# sub-module (in the model); teacher momentum cosine 0.992 -> 1; teacher temperature
+# 0.04 -> 0.07 over 30 ep.
 epoch_length = 1250
 epochs = 100
 total_iters = epochs * epoch_length

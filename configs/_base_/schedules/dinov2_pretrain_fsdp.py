@@ -2,9 +2,9 @@
 # dino_mm.DINOFSDPStrategy. Student and teacher are sharded per transformer block with
 # identical wrapping, so the teacher EMA runs on local shards; checkpoints are DCP folders
 # (iter_N.pth/) written by every rank and resumable on any world size.
-# Precision follows the official FSDP setup (SPEC §6.8) with bf16 instead of fp16: half-
-# precision parameters and compute, gradient reductions in bf16 for the backbone and fp32 for
-# the student heads, fp32 buffers (loss centers) and fp32 sharded master weights.
+# Precision follows the official FSDP setup (docs/reference.md §3.10) with bf16 instead of
+# fp16: half-precision parameters and compute, gradient reductions in bf16 for the backbone
+# and fp32 for the student heads, fp32 buffers (loss centers) and fp32 sharded master weights.
 runner_type = 'FlexibleRunner'
 strategy = dict(
     type='dino_mm.DINOFSDPStrategy',

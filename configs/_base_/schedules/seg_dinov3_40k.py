@@ -1,4 +1,4 @@
-# DINOv3 linear segmentation schedule (SPEC 9.6): 40k iterations, 8 GPUs x 2 images,
+# DINOv3 linear segmentation schedule (docs/reference.md §5.6): 40k iterations, 8 GPUs x 2 images,
 # AdamW lr 1e-3 (0.9, 0.999), wd 1e-3, WarmupOneCycleLR = linear warmup over 1500
 # iterations from 1e-6 x lr, then cosine annealing to 0 (final_div_factor inf), no
 # gradient clipping, fp32.

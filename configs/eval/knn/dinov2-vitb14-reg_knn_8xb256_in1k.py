@@ -1,4 +1,4 @@
-# Published (SPEC §10.1, ImageNet-1k): k-NN top-1 82.0, linear top-1 84.6.
+# Published (docs/reference.md §5.11, ImageNet-1k): k-NN top-1 82.0, linear top-1 84.6.
 _base_ = ['../../_base_/eval_knn.py']
 
 model = dict(backbone=dict(arch='dinov2_vitb14_reg'))

@@ -1,4 +1,4 @@
-# Published (SPEC §10.1, ImageNet-1k): k-NN top-1 83.5, linear top-1 86.5.
+# Published (docs/reference.md §5.11, ImageNet-1k): k-NN top-1 83.5, linear top-1 86.5.
 _base_ = ['../../_base_/eval_linear.py']
 
 model = dict(backbone=dict(arch='dinov2_vitg14'))

@@ -1,4 +1,5 @@
-# No per-model ImageNet-1k k-NN / linear number in the official repos (SPEC §10.3: paper only).
+# No per-model ImageNet-1k k-NN / linear number in the official repos
+# (docs/reference.md §5.11: paper only).
 _base_ = ['../../_base_/eval_linear.py']
 
 # DINOv3 grid: last block only, with average pooling.

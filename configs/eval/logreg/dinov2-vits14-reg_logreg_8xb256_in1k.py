@@ -1,4 +1,4 @@
-# Published (SPEC §10.1, ImageNet-1k): k-NN top-1 79.1, linear top-1 80.9.
+# Published (docs/reference.md §5.11, ImageNet-1k): k-NN top-1 79.1, linear top-1 80.9.
 _base_ = ['../../_base_/eval_logreg.py']
 
 model = dict(backbone=dict(arch='dinov2_vits14_reg'))

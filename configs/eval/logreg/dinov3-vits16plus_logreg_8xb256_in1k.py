@@ -1,4 +1,5 @@
-# No per-model ImageNet-1k k-NN / linear number in the official repos (SPEC §10.3: paper only).
+# No per-model ImageNet-1k k-NN / linear number in the official repos
+# (docs/reference.md §5.11: paper only).
 _base_ = ['../../_base_/eval_logreg.py']
 
 model = dict(backbone=dict(arch='dinov3_vits16plus'))

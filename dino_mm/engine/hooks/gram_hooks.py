@@ -1,7 +1,7 @@
 """Hooks of the DINOv3 stages: Gram-teacher refresh, loss-weight schedules, stage checks.
 
 * :class:`GramTeacherRefreshHook` copies the EMA teacher into the frozen Gram teacher on
-  the official schedule (SPEC §7.2) and records every refresh.
+  the official schedule (docs/reference.md §4.2) and records every refresh.
 * :class:`LossWeightScheduleHook` drives a loss weight (``gram_loss_weight``,
   ``local_loss_weight``) with the DINOv3 ``linear_warmup_cosine_decay`` schedule.
 * :class:`StageCheckpointHook` checks, before anything is initialised or loaded, that

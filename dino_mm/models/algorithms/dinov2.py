@@ -1,4 +1,5 @@
-"""DINOv2 self-supervised meta-architecture as an MMEngine model (SPEC §6.2-§6.4).
+"""DINOv2 self-supervised meta-architecture as an MMEngine model
+(docs/reference.md §3.2-§3.5).
 
 A student (trained) and an EMA teacher, each an ``nn.ModuleDict`` with ``backbone``,
 ``dino_head`` and optionally ``ibot_head``. Attribute and key names follow the official
@@ -348,7 +349,7 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
         n_g = self.n_global_crops
         out = self.teacher.backbone.forward_features(global_crops)
         cls_a, cls_b = out['x_norm_clstoken'].chunk(n_g)
-        # Swapped so that student crop A is compared with teacher crop B (SPEC §11.13).
+        # Swapped so that student crop A is compared with teacher crop B (docs/reference.md §6.2).
         t_cls = torch.cat((cls_b, cls_a))
         n_cls = t_cls.shape[0]
         t_patch_head = None

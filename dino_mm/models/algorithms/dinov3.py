@@ -1,4 +1,4 @@
-"""DINOv3 self-supervised meta-architecture (SPEC §7.1-§7.3).
+"""DINOv3 self-supervised meta-architecture (docs/reference.md §4.1-§4.3).
 
 :class:`DINOv3` keeps the DINOv2 student / EMA-teacher wiring of :class:`DINOv2` and
 changes the loss set: Sinkhorn-Knopp targets, separate iBOT head, plain-linear DINO
@@ -144,7 +144,7 @@ class DINOv3(DINOv2):
     weighted summands ``dino_local_crops_loss``, ``dino_global_crops_loss``,
     ``koleo_loss``, ``ibot_loss`` and ``gram_loss``; their sum is the official total.
 
-    Loss set (SPEC §7.1): with ``n_g`` global and ``n_l`` local crops, DINO terms are
+    Loss set (docs/reference.md §4.1): with ``n_g`` global and ``n_l`` local crops, DINO terms are
     *means* of the cross-entropy over all counted (sample, student crop, teacher crop)
     triples; the global term skips same-crop pairs when ``global_ignore_diagonal``; the
     two are combined with weights ``n_l*n_g / T`` and ``n_g*(n_g-1) / T`` (``T`` = their
@@ -153,7 +153,7 @@ class DINOv3(DINOv2):
     patch loss times ``ibot_loss_weight`` (no extra factor). The teacher targets are not
     crop-swapped: pairs are chosen explicitly.
 
-    Gram anchoring (SPEC §7.2): when ``gram_loss`` is set, a frozen ``gram_teacher``
+    Gram anchoring (docs/reference.md §4.2): when ``gram_loss`` is set, a frozen ``gram_teacher``
     (``nn.ModuleDict(backbone=...)``, a copy of the teacher backbone) sees the Gram crops
     (or the global crops), its ``x_norm_patchtokens`` are resized (bicubic, no antialias)
     to the student patch grid when the Gram crops are larger, and

@@ -1,4 +1,4 @@
-"""Distillation of a frozen DINO teacher into smaller students (SPEC §7.5).
+"""Distillation of a frozen DINO teacher into smaller students (docs/reference.md §4.5-§4.6).
 
 * :class:`DINOv3Distillation` — one student trained with the DINOv3 losses against the
   targets of a frozen, pretrained teacher (backbone + DINO head + iBOT head), the DINOv2

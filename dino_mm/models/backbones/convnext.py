@@ -18,7 +18,7 @@ from dino_mm.registry import MODELS
 
 __all__ = ['DinoConvNeXt', 'ConvNeXtBlock', 'CONVNEXT_ARCH_ZOO']
 
-# Hyper-parameters of the released DINOv3 ConvNeXts (SPEC §3.5).
+# Hyper-parameters of the released DINOv3 ConvNeXts (docs/reference.md §1.11).
 CONVNEXT_ARCH_ZOO: Dict[str, Dict[str, List[int]]] = {
     'tiny': dict(depths=[3, 3, 9, 3], dims=[96, 192, 384, 768]),
     'small': dict(depths=[3, 3, 27, 3], dims=[96, 192, 384, 768]),

@@ -46,7 +46,7 @@ def _arch(base: dict, **kw) -> dict:
     return dict(base, **kw)
 
 
-# Official hub hyper-parameters (SPEC §2.1, §3.1).
+# Official hub hyper-parameters (docs/reference.md §1.1, §1.7).
 DINO_VIT_ARCHS: Dict[str, dict] = {
     'dinov2_vits14': _arch(_V2, embed_dim=384, depth=12, num_heads=6),
     'dinov2_vitb14': _arch(_V2, embed_dim=768, depth=12, num_heads=12),
@@ -371,7 +371,7 @@ class DinoVisionTransformer(BaseModule):
         return list(self.blocks)
 
     def reset_parameters(self) -> None:
-        """Official from-scratch init (SPEC §2.5 for v2, §3.4 for v3)."""
+        """Official from-scratch init (docs/reference.md §1.5 for v2, §1.10 for v3)."""
         def init_linear(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)

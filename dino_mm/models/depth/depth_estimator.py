@@ -1,6 +1,7 @@
 """Depth estimator for frozen DINO backbones, built on mmseg's ``DepthEstimator``.
 
-Fixes and additions over mmseg 1.2.2 (see shared/STACK.md):
+Fixes and additions over mmseg 1.2.2 (see docs/setup.md, "Known problems of the pinned
+packages"):
 
 * ``inference`` dispatch: mmseg runs whole-image inference even when ``mode='slide'`` (an
   ``if``/``if``/``else`` chain overwrites the slide result). Here 'whole' and 'slide' both

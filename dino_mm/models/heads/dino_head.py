@@ -1,4 +1,4 @@
-"""DINO / iBOT projection head (SPEC §6.3, §7.1)."""
+"""DINO / iBOT projection head (docs/reference.md §3.3, §4.1)."""
 import torch
 import torch.nn.functional as F
 from torch import nn

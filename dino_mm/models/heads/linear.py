@@ -2,7 +2,7 @@
 
 The official ImageNet heads are a single ``nn.Linear`` whose state dict (``weight``,
 ``bias``) is stored on its own; the backbone is loaded from its own file. The input of
-the head is built from the backbone outputs as in SPEC §5.4:
+the head is built from the backbone outputs as in docs/reference.md §2.4:
 
 * ``layers=1``: ``cat(cls, mean(patch))`` from ``forward_features`` -> ``2 * D``;
 * ``layers=4``: ``cat(cls_{L-4}, ..., cls_{L-1}, mean(patch_{L-1}))`` from

@@ -1,6 +1,6 @@
 """Teacher-target helpers shared by the DINO (class token) and iBOT (patch) losses.
 
-Two ways of turning teacher logits into targets exist in DINOv2 (SPEC §6.4):
+Two ways of turning teacher logits into targets exist in DINOv2 (docs/reference.md §3.4):
 
 * softmax-centering: ``softmax((t - c) / temp)`` with an EMA ``center`` ``c``. The batch mean
   that feeds the EMA is all-reduced asynchronously and only folded into ``c`` right before the

@@ -1,4 +1,5 @@
-"""DINO cross-entropy between student and teacher class-token prototypes (SPEC §6.4, §7.1)."""
+"""DINO cross-entropy between student and teacher class-token prototypes (docs/reference.md §3.5,
+§4.1)."""
 from typing import Sequence
 
 import torch

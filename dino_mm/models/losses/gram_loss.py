@@ -1,4 +1,4 @@
-"""Gram anchoring loss of DINOv3 (SPEC §7.2)."""
+"""Gram anchoring loss of DINOv3 (docs/reference.md §4.2)."""
 import torch
 import torch.nn.functional as F
 from torch import nn

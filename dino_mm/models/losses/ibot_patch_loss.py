@@ -1,4 +1,4 @@
-"""iBOT masked-patch cross-entropy (SPEC §6.4)."""
+"""iBOT masked-patch cross-entropy (docs/reference.md §3.5)."""
 from typing import Optional
 
 import torch
@@ -45,7 +45,8 @@ class iBOTPatchLoss(LazyCenterMixin):  # noqa: N801 (official class name)
                                teacher_temp: float) -> torch.Tensor:
         """Targets ``softmax((t - center) / teacher_temp)``.
 
-        The fp32 center promotes fp16 logits to fp32 (official behaviour, SPEC §11.23).
+        The fp32 center promotes fp16 logits to fp32 (official behaviour,
+        docs/reference.md §6.20).
 
         Args:
             teacher_patch_tokens (torch.Tensor): Teacher patch logits, (..., K).

@@ -1,4 +1,5 @@
-"""KoLeo differential-entropy regulariser (Sablayrolles et al. 2018; SPEC §6.4).
+"""KoLeo differential-entropy regulariser (Sablayrolles et al. 2018;
+docs/reference.md §3.5).
 
 :class:`KoLeoLoss` looks for nearest neighbours inside the batch of one rank;
 :class:`KoLeoLossDistributed` (DINOv3) inside the batch gathered from all ranks, or inside

@@ -1,9 +1,9 @@
-"""DINOv3 meta-architecture: losses against references written from the specification.
+"""DINOv3 meta-architecture: losses against references written from docs/reference.md.
 
-The references below re-derive every loss term from SPEC §7.1-§7.2 with plain tensor
-operations (Sinkhorn-Knopp, cross-entropy means, KoLeo by pairwise distances, iBOT token
-weights, Gram MSE with a bicubic teacher resize); only the backbone / head forwards are
-shared with the model.
+The references below re-derive every loss term from docs/reference.md §4.1-§4.2 with plain
+tensor operations (Sinkhorn-Knopp, cross-entropy means, KoLeo by pairwise distances, iBOT
+token weights, Gram MSE with a bicubic teacher resize); only the backbone / head forwards
+are shared with the model.
 """
 import math
 
@@ -125,7 +125,8 @@ def test_losses_match_spec_reference(real_images, ignore_diagonal):
                                align_corners=False).flatten(2).transpose(1, 2)
         s_glob = model.student.backbone.forward_features(g, masks=masks)
         s_loc_pre = model.student.backbone.forward_features(loc)['x_prenorm'][:, 0]
-        # Local crops use the untied local class-token norm in training (SPEC §3.2).
+        # Local crops use the untied local class-token norm in training
+        # (docs/reference.md §1.8).
         s_loc_cls = model.student.backbone.local_cls_norm(s_loc_pre)
         s_g_head = model.student.dino_head(s_glob['x_norm_clstoken']).view(2, B, -1)
         s_l_head = model.student.dino_head(s_loc_cls).view(N_LOCAL, B, -1)
@@ -163,7 +164,8 @@ def test_losses_match_spec_reference(real_images, ignore_diagonal):
 
 def test_v3_defaults_and_normalisation_constants():
     model = build(gram=False)
-    # Official 8 local crops: 16/18 and 2/18 (SPEC §7.1); without the diagonal rule 16/20, 4/20.
+    # Official 8 local crops: 16/18 and 2/18 (docs/reference.md §4.1); without the diagonal
+    # rule 16/20, 4/20.
     assert model._dino_scales(2, 8) == pytest.approx((16 / 18, 2 / 18))
     model.global_ignore_diagonal = False
     assert model._dino_scales(2, 8) == pytest.approx((16 / 20, 4 / 20))

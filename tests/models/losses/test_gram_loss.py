@@ -6,7 +6,7 @@ from dino_mm.registry import MODELS
 
 
 def _reference(student, teacher, apply_norm, img_level, remove_neg, teacher_only):
-    """Independent loop implementation of SPEC §7.2."""
+    """Independent loop implementation of docs/reference.md §4.2."""
 
     def gram(x):
         x = x.double()
