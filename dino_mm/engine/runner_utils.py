@@ -51,10 +51,17 @@ def ensure_plain_checkpoint_hook(cfg: Config) -> None:
 
 
 def _slurm_env_to_torch_env() -> None:
-    """Derive torch.distributed env vars from SLURM ones (as mmengine does for GPUs)."""
-    os.environ.setdefault('RANK', os.environ['SLURM_PROCID'])
-    os.environ.setdefault('WORLD_SIZE', os.environ['SLURM_NTASKS'])
-    os.environ.setdefault('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))
+    """Derive torch.distributed env vars from SLURM ones (as mmengine does for GPUs).
+
+    Inside an srun step the SLURM variables define this task's rank, so they overwrite
+    RANK / WORLD_SIZE / LOCAL_RANK (mmengine's GPU path does the same): values inherited
+    from the submitting shell (e.g. RANK=0 WORLD_SIZE=1 left by an earlier single-process
+    job) would otherwise make every task rank 0 of a 1-process world, all binding the same
+    port.
+    """
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
     if 'MASTER_ADDR' not in os.environ:
         node_list = os.environ.get('SLURM_NODELIST', 'localhost')
         try:

@@ -44,9 +44,15 @@ def free_port():
     raise RuntimeError('no free TCP port found between 20000 and the ephemeral range')
 
 
+#: torch.distributed variables an in-process test may leave in os.environ; a tool launched
+#: from a test must not inherit them (its launcher sets its own).
+DIST_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR',
+             'MASTER_PORT', 'GROUP_RANK', 'TORCHELASTIC_RUN_ID')
+
+
 @pytest.fixture
 def tool_env():
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
     env.setdefault('OMP_NUM_THREADS', '1')
     return env

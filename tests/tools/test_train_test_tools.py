@@ -165,7 +165,10 @@ def test_slurm_train_builds_srun_command_and_runs_ranks(tmp_path, digits_root, t
     wd = str(tmp_path / 'slurm_wd')
     env = dict(tool_env, PATH=f'{bindir}{os.pathsep}{tool_env["PATH"]}', GPUS='2',
                GPUS_PER_NODE='2', CPUS_PER_TASK='1', SRUN_ARGS='--quotatype=auto',
-               FAKE_SRUN_LOG=log, FAKE_MASTER_PORT=free_port, PYTHON=PY)
+               FAKE_SRUN_LOG=log, FAKE_MASTER_PORT=free_port, PYTHON=PY,
+               # left in the submitting shell by an earlier single-process job: inside the
+               # srun step the SLURM variables must win (else both tasks are rank 0 of 1)
+               RANK='0', WORLD_SIZE='1', LOCAL_RANK='0')
     p = _run(['bash', 'tools/slurm_train.sh', 'debugpart', 'dino_job', CONFIG, wd,
               *_opts(digits_root, 2)], env)
     outs = '\n'.join(f'--- {f}\n' + open(f).read()[-3000:]
