@@ -80,17 +80,10 @@ def ensure_dino_ddp_wrapper(cfg) -> bool:
     model = cfg.get('model', None)
     if not isinstance(model, dict):
         return False
-    from mmengine.registry import DefaultScope
-
-    from dino_mm.registry import MODELS
-    type_ = model.get('type', None)
-    if isinstance(type_, str):
-        scope = type_.split('.')[0] if '.' in type_ else cfg.get('default_scope', 'dino_mm')
-        with DefaultScope.overwrite_default_scope(scope or 'dino_mm'):
-            cls = MODELS.get(type_)
-    else:
-        cls = type_
-    if cls is None or not callable(getattr(cls, 'optimize_losses', None)):
+    # the same type lookup the --cfg-options checks use (every registry, the config's scope)
+    from dino_mm.engine.config_checks import _resolve_type
+    classes = _resolve_type(model.get('type', None), cfg.get('default_scope', None))
+    if not any(callable(getattr(c, 'optimize_losses', None)) for c in classes):
         return False
     cfg.model_wrapper_cfg = dict(
         type='dino_mm.DINODistributedDataParallel', broadcast_buffers=False,
