@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
+from dino_mm.engine.checkpoint import atomic_write
 from dino_mm.utils.precision import precision_autocast
 
 INDEX_FILE = 'index.json'
@@ -46,16 +47,6 @@ def plan_shards(num_images: int, shard_size: int) -> List[Dict[str, int]]:
 
 def shard_done(out_dir: str, index: int, fmt: str, features: Sequence[str]) -> bool:
     return all(osp.isfile(osp.join(out_dir, f)) for f in shard_files(index, fmt, features))
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def write_index(out_dir: str, images: Sequence[str], settings: Dict[str, Any]) -> Dict:
@@ -90,7 +81,7 @@ def write_index(out_dir: str, images: Sequence[str], settings: Dict[str, Any]) -
         with open(tmp, 'w') as f:
             json.dump(content, f, indent=1)
 
-    _atomic_write(path, dump)
+    atomic_write(path, dump)
     return content
 
 
@@ -102,13 +93,13 @@ def save_shard(out_dir: str, index: int, fmt: str, arrays: Dict[str, np.ndarray]
             def dump(tmp: str, arr: np.ndarray = arrays[kind]) -> None:
                 with open(tmp, 'wb') as f:
                     np.save(f, arr)
-            _atomic_write(osp.join(out_dir, name), dump)
+            atomic_write(osp.join(out_dir, name), dump)
     else:
         from safetensors.numpy import save_file
 
         def dump(tmp: str) -> None:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
-        _atomic_write(osp.join(out_dir, names[0]), dump)
+        atomic_write(osp.join(out_dir, names[0]), dump)
 
 
 def load_shard(out_dir: str, index: int, fmt: str,

@@ -90,11 +90,17 @@ def _current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(data: Union[bytes, memoryview], filepath: str) -> None:
-    """Write ``data`` to ``filepath`` so that readers see the old file or the new one.
+def atomic_write(filepath: str, write: Callable[[str], None]) -> str:
+    """Write ``filepath`` so that readers see the old file or the complete new one.
 
-    The bytes go to a temporary file in the same directory (same file system, so the
-    final ``os.replace`` is atomic), which is flushed and fsynced before the rename.
+    ``write(tmp)`` writes the content to a temporary path in the same directory (same
+    file system, so the final ``os.replace`` is atomic); the file is fsynced before the
+    rename and the directory after it. A failing ``write`` leaves no temporary file and
+    the old file untouched. This is the one place dino_mm publishes files (checkpoints,
+    converted weights, feature shards, indexes).
+
+    Returns:
+        str: The absolute path written.
     """
     filepath = osp.abspath(osp.expanduser(str(filepath)))
     folder = osp.dirname(filepath)
@@ -104,9 +110,9 @@ def atomic_write_bytes(data: Union[bytes, memoryview], filepath: str) -> None:
     try:
         # mkstemp creates the file 0600; published files get the mode open() would give.
         os.fchmod(fd, 0o666 & ~_current_umask())
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
+        os.close(fd)
+        write(tmp)
+        with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.replace(tmp, filepath)
     except BaseException:
@@ -121,13 +127,21 @@ def atomic_write_bytes(data: Union[bytes, memoryview], filepath: str) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+    return filepath
+
+
+def atomic_write_bytes(data: Union[bytes, memoryview], filepath: str) -> None:
+    """Write ``data`` to ``filepath`` atomically (see :func:`atomic_write`)."""
+
+    def dump(tmp: str) -> None:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+    atomic_write(filepath, dump)
 
 
 def atomic_torch_save(obj: Any, filepath: str) -> None:
     """``torch.save`` through :func:`atomic_write_bytes`, in the plain safe format."""
-    buffer = io.BytesIO()
-    torch.save(to_plain(obj), buffer)
-    atomic_write_bytes(buffer.getbuffer(), filepath)
+    atomic_write_bytes(torch_save_bytes(to_plain(obj)), filepath)
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -403,12 +417,16 @@ def _unreadable_message(filename: str, err: BaseException) -> str:
 
 
 def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.device,
-                                                       None] = 'cpu') -> Any:
+                                                       None] = 'cpu',
+                    trusted: Optional[bool] = None) -> Any:
     """Load a checkpoint with the safe unpickler, with clear errors.
 
     Args:
         filename (str): Path of the checkpoint file.
         map_location: As in :func:`torch.load`. Defaults to ``'cpu'``.
+        trusted (bool, optional): Use the full unpickler (only for files you trust, e.g.
+            a tool's ``--unsafe-load``). Defaults to None: the ``DINO_MM_TRUST_CHECKPOINTS``
+            environment variable decides (off unless it is ``1``).
 
     Returns:
         The checkpoint, with :func:`to_plain` encodings restored.
@@ -426,7 +444,8 @@ def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.devi
     if magic[:2] == b'PK' and not zipfile.is_zipfile(filename):
         raise CheckpointError(_corrupt_message(
             filename, zipfile.BadZipFile('zip central directory missing')))
-    trusted = os.environ.get(UNSAFE_ENV, '') == '1'
+    if trusted is None:
+        trusted = os.environ.get(UNSAFE_ENV, '') == '1'
     try:
         if trusted:
             ckpt = torch.load(filename, map_location=map_location, weights_only=False)
@@ -447,6 +466,23 @@ def safe_torch_load(filename: str, map_location: Union[str, Callable, torch.devi
     except Exception as err:  # torch raises many types for damaged files
         raise CheckpointError(_unreadable_message(filename, err)) from err
     return from_plain(ckpt)
+
+
+def safe_load_bytes(buffer: io.BytesIO) -> Any:
+    """Read one ``torch.save``-d value from memory with the safe unpickler (no code runs).
+
+    Used for the non-tensor entries of sharded (DCP) checkpoints; errors propagate to the
+    caller, which names the file and entry.
+    """
+    return torch.load(buffer, map_location='cpu', weights_only=True)
+
+
+def torch_save_bytes(obj: Any) -> bytes:
+    """``obj`` serialised by ``torch.save`` as bytes (write them with
+    :func:`atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _load_from_local_safe(filename: str, map_location=None) -> Any:

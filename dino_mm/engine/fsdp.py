@@ -37,7 +37,7 @@ from mmengine._strategy import DDPStrategy
 from torch import nn
 
 from dino_mm.registry import STRATEGIES
-from .checkpoint import CheckpointError, atomic_torch_save, safe_torch_load
+from .checkpoint import CheckpointError, atomic_torch_save, safe_load_bytes, safe_torch_load
 
 __all__ = [
     'DINOFSDPStrategy', 'shard_dino_model', 'fsdp_update_teacher', 'check_identical_sharding',
@@ -383,7 +383,7 @@ def _safe_dcp_classes():
         def load_bytes(self, read_item, value: io.BytesIO) -> None:
             fqn = read_item.dest_index.fqn
             try:
-                obj = torch.load(value, map_location='cpu', weights_only=True)
+                obj = safe_load_bytes(value)
             except Exception as err:
                 info = self.metadata.storage_data.get(read_item.storage_index)
                 where = osp.join(self.checkpoint_path, getattr(info, 'relative_path', '?'))

@@ -202,10 +202,12 @@ def save_cached_features(path: str, features: torch.Tensor, labels: torch.Tensor
     np.save(osp.join(path, _LABELS_FILE), labels.cpu().numpy())
     meta = dict(num_samples=int(feats.shape[0]), dim=int(feats.shape[1]),
                 num_shards=num_shards, shard_size=shard_size, dtype=str(feats.dtype))
-    tmp = osp.join(path, _META_FILE + '.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(meta, f)
-    os.replace(tmp, osp.join(path, _META_FILE))
+    from dino_mm.engine.checkpoint import atomic_write
+
+    def dump(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            json.dump(meta, f)
+    atomic_write(osp.join(path, _META_FILE), dump)
 
 
 @torch.no_grad()

@@ -755,7 +755,7 @@ def load_state_dict_file(path: str) -> Tuple[StateDict, Dict[str, Any]]:
 
 def save_state_dict_file(sd: Mapping[str, torch.Tensor], path: str,
                          arch: Optional[Mapping[str, Any]] = None) -> str:
-    """Write ``sd`` atomically (``<path>.tmp`` then ``os.replace``).
+    """Write ``sd`` atomically (:func:`dino_mm.engine.checkpoint.atomic_write`).
 
     With ``arch`` (an architecture record, see :data:`ARCH_KEY`) a ``.pth`` file holds
     ``{'state_dict': sd, 'dino_mm_arch': arch}`` and a ``.safetensors`` file stores the
@@ -769,21 +769,15 @@ def save_state_dict_file(sd: Mapping[str, torch.Tensor], path: str,
     path = os.path.expanduser(str(path))
     if os.path.isdir(path):
         path = os.path.join(path, 'model.safetensors')
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     plain = {k: v.detach().clone().contiguous() for k, v in sd.items()}
-    tmp = path + '.tmp'
-    try:
-        if path.endswith('.safetensors'):
-            from safetensors.torch import save_file
-            metadata = {'format': 'pt'}
-            if arch is not None:
-                metadata[ARCH_KEY] = json.dumps(dict(arch))
-            save_file(plain, tmp, metadata=metadata)
-        else:
-            torch.save(plain if arch is None else {'state_dict': plain, ARCH_KEY: dict(arch)},
-                       tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from dino_mm.engine.checkpoint import atomic_write, atomic_write_bytes, torch_save_bytes
+    if path.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        metadata = {'format': 'pt'}
+        if arch is not None:
+            metadata[ARCH_KEY] = json.dumps(dict(arch))
+        atomic_write(path, lambda tmp: save_file(plain, tmp, metadata=metadata))
+    else:
+        atomic_write_bytes(torch_save_bytes(
+            plain if arch is None else {'state_dict': plain, ARCH_KEY: dict(arch)}), path)
     return path

@@ -12,11 +12,8 @@ The output ``{'state_dict': ..., 'meta': {...}}`` loads into the matching
 ``configs/segmentation`` model with ``tools/test.py CONFIG out.pth``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
-
-import torch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,13 +30,11 @@ def main(argv=None) -> int:
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     from dino_mm.models.segmentation.checkpoint import build_segmentor_state_dict
     state = build_segmentor_state_dict(args.src, args.backbone)
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    tmp = args.dst + '.tmp'
-    torch.save({'state_dict': state,
-                'meta': {'converted_from': osp.basename(args.src),
-                         'backbone': osp.basename(args.backbone) if args.backbone else None}},
-               tmp)
-    os.replace(tmp, args.dst)
+    from dino_mm.engine.checkpoint import atomic_torch_save
+    atomic_torch_save({'state_dict': state,
+                       'meta': {'converted_from': osp.basename(args.src),
+                                'backbone': osp.basename(args.backbone) if args.backbone
+                                else None}}, args.dst)
     n_head = sum(not k.startswith('backbone.') for k in state)
     print(f'wrote {args.dst}: {n_head} head tensors, {len(state) - n_head} backbone tensors')
     return 0

@@ -60,13 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _load(path: str, unsafe: bool):
-    if unsafe:
-        return torch.load(path, map_location='cpu', weights_only=False)
-    try:
-        from dino_mm.engine.checkpoint import safe_torch_load
-    except ImportError:  # engine not available: plain safe loading
-        return torch.load(path, map_location='cpu', weights_only=True)
-    return safe_torch_load(path)
+    from dino_mm.engine.checkpoint import safe_torch_load
+    return safe_torch_load(path, trusted=True if unsafe else None)
 
 
 def extract_backbone(ckpt: Mapping, which: str = 'teacher') -> Dict[str, torch.Tensor]:
