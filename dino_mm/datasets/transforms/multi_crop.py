@@ -116,6 +116,15 @@ class DINOMultiCrop:
         std (Sequence[float]): Normalisation std. Defaults to ImageNet.
         keep_img (bool): Keep the PIL image in ``results['img']``. Defaults to False
             (it would be sent through the DataLoader workers for nothing).
+        blur_probabilities (Sequence[float]): Nominal blur probabilities of global crop
+            1, global crop 2 and the local crops, as written in the official code
+            (``official_blur_quirk`` inverts them). Defaults to (1.0, 0.1, 0.5).
+        blur_sigma (Sequence[float]): Blur sigma range. Defaults to (0.1, 2.0).
+        solarize_probability (float): Solarisation of global crop 2. Defaults to 0.2.
+        color_jitter_probability (float): Colour jitter probability. Defaults to 0.8.
+
+    The last four default to the official values; the embedded demo (32 px digits)
+    changes them, see ``benchmarks/README.md`` (demo ablation).
     """
 
     def __init__(self,
@@ -131,7 +140,11 @@ class DINOMultiCrop:
                  gram_teacher_no_distortions: bool = False,
                  mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD,
-                 keep_img: bool = False) -> None:
+                 keep_img: bool = False,
+                 blur_probabilities: Sequence[float] = (1.0, 0.1, 0.5),
+                 blur_sigma: Sequence[float] = (0.1, 2.0),
+                 solarize_probability: float = 0.2,
+                 color_jitter_probability: float = 0.8) -> None:
         if local_crops_number < 0:
             raise ValueError(f'local_crops_number must be >= 0, got {local_crops_number}.')
         for name, scale in (('global_crops_scale', global_crops_scale),
@@ -155,16 +168,23 @@ class DINOMultiCrop:
             global_crops_size, global_crops_scale, horizontal_flips)
         self.geometric_augmentation_local = make_geometric_augmentation(
             local_crops_size, local_crops_scale, horizontal_flips)
-        self.color_distortion = make_color_distortion()
+        if len(blur_probabilities) != 3 or len(blur_sigma) != 2:
+            raise ValueError('blur_probabilities needs 3 values (global 1, global 2, local) '
+                             f'and blur_sigma 2 (min, max); got {tuple(blur_probabilities)} '
+                             f'and {tuple(blur_sigma)}.')
+        self.color_distortion = make_color_distortion(jitter_p=color_jitter_probability)
         self.normalize = make_normalize(mean, std)
         per_crop_color = [] if share_color_jitter else [self.color_distortion]
+
+        def blur(p):
+            return RandomGaussianBlur(p, official_blur_quirk, *blur_sigma)
         self.global_transfo1 = T.Compose(per_crop_color + [
-            RandomGaussianBlur(1.0, official_blur_quirk), self.normalize])
+            blur(blur_probabilities[0]), self.normalize])
         self.global_transfo2 = T.Compose(per_crop_color + [
-            RandomGaussianBlur(0.1, official_blur_quirk),
-            T.RandomSolarize(threshold=128, p=0.2), self.normalize])
+            blur(blur_probabilities[1]),
+            T.RandomSolarize(threshold=128, p=solarize_probability), self.normalize])
         self.local_transfo = T.Compose(per_crop_color + [
-            RandomGaussianBlur(0.5, official_blur_quirk), self.normalize])
+            blur(blur_probabilities[2]), self.normalize])
 
     def _global_crop_pair(self, image, size: int) -> Tuple[object, Optional[object]]:
         """One geometric global crop, plus the same box at the Gram size if needed."""

@@ -91,6 +91,26 @@ def test_per_crop_probabilities(monkeypatch, quirk, blur_p):
         assert count('global1', 'gaussian_blur') == n
 
 
+def test_photometric_knobs(monkeypatch):
+    """The demo's weaker photometric augmentation: no blur, no solarisation, jitter 0.4."""
+    image = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
+    n = 400
+    t = DINOMultiCrop(local_crops_number=2, global_crops_size=16, local_crops_size=8,
+                      official_blur_quirk=False, blur_probabilities=(0.0, 0.5, 0.0),
+                      blur_sigma=(0.1, 0.5), solarize_probability=0.0,
+                      color_jitter_probability=0.4)
+    blur = t.global_transfo2.transforms[1].transforms[0]
+    assert tuple(blur.sigma) == (0.1, 0.5)
+    count = _count_ops(monkeypatch, t, image, n,
+                       ops=('gaussian_blur', 'solarize', 'adjust_brightness'))
+    assert count('global1', 'gaussian_blur') == 0 and count('local', 'gaussian_blur') == 0
+    assert count('global2', 'gaussian_blur') / n == pytest.approx(0.5, abs=0.1)
+    assert count('global2', 'solarize') == 0
+    assert count('global1', 'adjust_brightness') / n == pytest.approx(0.4, abs=0.1)
+    with pytest.raises(ValueError, match='blur_probabilities needs 3 values'):
+        DINOMultiCrop(blur_probabilities=(0.5, 0.5))
+
+
 def test_dinov3_variants(photo):
     t = DINOMultiCrop(local_crops_number=2, global_crops_size=32, local_crops_size=16,
                       horizontal_flips=False, gram_teacher_crops_size=64,
