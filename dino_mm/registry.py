@@ -66,7 +66,7 @@ def _child(name: str, parent: Registry, locations: list) -> Registry:
 RUNNERS = _child('runner', MMENGINE_RUNNERS, ['dino_mm.engine'])
 RUNNER_CONSTRUCTORS = _child('runner constructor', MMENGINE_RUNNER_CONSTRUCTORS, ['dino_mm.engine'])
 LOOPS = _child('loop', MMENGINE_LOOPS, ['dino_mm.engine', 'dino_mm.evaluation'])
-HOOKS = _child('hook', MMENGINE_HOOKS, ['dino_mm.engine'])
+HOOKS = _child('hook', MMENGINE_HOOKS, ['dino_mm.engine', 'dino_mm.visualization'])
 STRATEGIES = _child('strategy', MMENGINE_STRATEGIES, ['dino_mm.engine'])
 LOG_PROCESSORS = _child('log processor', MMENGINE_LOG_PROCESSORS, ['dino_mm.engine'])
 

@@ -130,3 +130,24 @@ def test_dino_mm_import_graph_has_no_cycle():
 def test_the_cycle_finder_finds_one():
     assert _find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
     assert _find_cycle({'a': {'b'}, 'b': set()}) is None
+
+
+def _readme_layout_entries():
+    text = open(osp.join(ROOT, 'README.md'), encoding='utf-8').read()
+    start = text.index('## Package layout')
+    block = text[start:].split('```')[1]
+    entries = set()
+    for line in block.splitlines():
+        if line.startswith('  ') and not line.startswith('   '):
+            entries.add(line.split()[0])
+    return entries
+
+
+def test_readme_package_layout_matches_the_tree():
+    listed = _readme_layout_entries()
+    pkg = osp.join(ROOT, 'dino_mm')
+    present = {f'{n}/' for n in os.listdir(pkg)
+               if osp.isdir(osp.join(pkg, n)) and osp.isfile(osp.join(pkg, n, '__init__.py'))}
+    present |= {n for n in os.listdir(pkg) if n.endswith('.py') and n != '__init__.py'}
+    assert listed == present, ('README "Package layout" differs from dino_mm/: missing '
+                               f'{sorted(present - listed)}, stale {sorted(listed - present)}')

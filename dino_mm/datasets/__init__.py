@@ -5,11 +5,13 @@ from .collate import dino_collate
 from .image_folder import ImageFolderDataset
 from .imagenet import ImageNet, dump_imagenet_extra
 from .imagenet22k import ImageNet22k, dump_imagenet22k_extra
+from .multi_resolution import MultiResolutionBatchSampler, MultiResolutionDataset
 from .samplers import SeededInfiniteSampler
 from .transforms import *  # noqa: F401,F403
 from .transforms import __all__ as _transforms_all
 
 __all__ = [
     'EntriesDataset', 'SkipCorruptMixin', 'dino_collate', 'ImageFolderDataset', 'ImageNet',
-    'dump_imagenet_extra', 'ImageNet22k', 'dump_imagenet22k_extra', 'SeededInfiniteSampler'
+    'dump_imagenet_extra', 'ImageNet22k', 'dump_imagenet22k_extra', 'SeededInfiniteSampler',
+    'MultiResolutionDataset', 'MultiResolutionBatchSampler'
 ] + _transforms_all

@@ -61,7 +61,7 @@ __all__ = [
     'to_plain', 'from_plain', 'CheckpointError', 'PlainCheckpointHook',
     'NonFiniteWeightsError', 'SafeCheckpointHook', 'find_non_finite_tensors',
     'check_checkpoint_matches_model', 'describe_key_prefixes', 'check_checkpoint_file',
-    'describe_checkpoint_directory', 'looks_like_sharded_checkpoint',
+    'describe_checkpoint_directory', 'is_sharded_checkpoint',
     'find_resume_checkpoint', 'clean_stale_temporary_files'
 ]
 
@@ -270,19 +270,28 @@ def _empty_message(filename: str) -> str:
             f'the previous iter_*.pth, or fix the "last_checkpoint" file of the work dir).')
 
 
-def looks_like_sharded_checkpoint(path: str) -> bool:
-    """A DCP folder (``DINOFSDPStrategy`` checkpoint): ``.metadata`` or ``*.distcp``."""
+def is_sharded_checkpoint(path: str, complete: bool = True) -> bool:
+    """Whether ``path`` is a DCP folder (a ``DINOFSDPStrategy`` checkpoint).
+
+    Args:
+        path (str): The path to test.
+        complete (bool): Require the ``.metadata`` file that DCP writes last (a folder
+            that can be loaded). With False, ``*.distcp`` shards alone also count, to
+            recognise (and describe) an interrupted or damaged one. Defaults to True.
+    """
     try:
         names = os.listdir(path)
     except OSError:
         return False
-    return '.metadata' in names or any(n.endswith('.distcp') for n in names)
+    if '.metadata' in names and osp.isfile(osp.join(path, '.metadata')):
+        return True
+    return not complete and any(n.endswith('.distcp') for n in names)
 
 
 def describe_checkpoint_directory(path: str) -> str:
     """The message for a directory given where a checkpoint file is expected."""
     path = str(path)
-    if looks_like_sharded_checkpoint(path):
+    if is_sharded_checkpoint(path, complete=False):
         return (f'Checkpoint "{path}" is a directory, not a checkpoint file: a sharded '
                 f'(FSDP / DCP) checkpoint folder written by dino_mm.DINOFSDPStrategy. '
                 f'Resume it with the same FSDP config, or consolidate it into one file '
@@ -783,7 +792,7 @@ def clean_stale_temporary_files(folders: Iterable[str], older_than: float) -> Li
 def _finite_checkpoint(path: str) -> Tuple[bool, str]:
     """``(usable, why not)`` for a resume candidate: readable, with finite tensors."""
     if osp.isdir(path):
-        if looks_like_sharded_checkpoint(path) and osp.isfile(osp.join(path, 'meta.pth')):
+        if is_sharded_checkpoint(path, complete=False) and osp.isfile(osp.join(path, 'meta.pth')):
             return True, ''
         return False, 'not a complete sharded checkpoint folder'
     try:

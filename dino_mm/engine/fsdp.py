@@ -37,7 +37,8 @@ from mmengine._strategy import DDPStrategy
 from torch import nn
 
 from dino_mm.registry import STRATEGIES
-from .checkpoint import CheckpointError, atomic_torch_save, safe_load_bytes, safe_torch_load
+from .checkpoint import (CheckpointError, atomic_torch_save, is_sharded_checkpoint,
+                         safe_load_bytes, safe_torch_load)
 
 __all__ = [
     'DINOFSDPStrategy', 'shard_dino_model', 'fsdp_update_teacher', 'check_identical_sharding',
@@ -422,11 +423,6 @@ def _run_dcp_load(path: str, planner, load: Callable) -> None:
         if planner.error is not None:
             raise planner.error from err
         raise
-
-
-def is_sharded_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a directory written by :func:`save_sharded_checkpoint`."""
-    return osp.isdir(path) and osp.isfile(osp.join(path, _DCP_METADATA))
 
 
 def _rank() -> int:

@@ -705,8 +705,8 @@ def read_checkpoint(path: str) -> Tuple[Any, Dict[str, Any]]:
         if not found:
             from dino_mm.engine.checkpoint import (CheckpointError,
                                                    describe_checkpoint_directory,
-                                                   looks_like_sharded_checkpoint)
-            if looks_like_sharded_checkpoint(path) or not config:  # not a HF folder
+                                                   is_sharded_checkpoint)
+            if is_sharded_checkpoint(path, complete=False) or not config:  # not a HF folder
                 raise CheckpointError(describe_checkpoint_directory(path))
             raise FileNotFoundError(f'{path} is a directory but holds none of '
                                     f'{_HF_WEIGHT_FILES} (sharded HF checkpoints are not '

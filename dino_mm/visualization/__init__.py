@@ -1,1 +1,5 @@
-# Owned by the area that fills it; keep imports sorted.
+# Drawing and the hooks that write pictures (``tools/test.py --show-dir``); keep imports
+# light (OpenCV, MMEngine), the model packages import from here.
+from .depth import DepthVisualizationHook, colorize_depth
+
+__all__ = ['DepthVisualizationHook', 'colorize_depth']

@@ -8,7 +8,7 @@
   ``load_from`` (the previous stage's checkpoint) exists and fits the model, and can start
   the student from the loaded teacher (official ``student.resume_from_teacher_chkpt``).
 """
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -28,23 +28,6 @@ REFRESH_INFO_KEY = 'gram_teacher_refresh_iters'
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
-
-
-def gram_refresh_iters(it_first_update: int, update_frequency: int,
-                       max_updates: Optional[int], max_iters: int) -> List[int]:
-    """0-based iterations after which the Gram teacher is refreshed (official rule).
-
-    Refresh after iteration ``it`` when ``(it + 1) >= it_first_update`` and
-    ``(it + 1) % update_frequency == 0``, at most ``max_updates`` times.
-    """
-    out = []
-    for it in range(max_iters):
-        step = it + 1
-        if step >= it_first_update and step % update_frequency == 0:
-            out.append(it)
-            if max_updates is not None and len(out) >= max_updates:
-                break
-    return out
 
 
 @HOOKS.register_module()

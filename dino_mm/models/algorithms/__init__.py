@@ -1,8 +1,5 @@
 from .dinov2 import DINOv2
-from .dinov3 import DINOv3, MultiResolutionBatchSampler, MultiResolutionDataset
+from .dinov3 import DINOv3
 from .distillation import DINOv3Distillation, MultiDistillation
 
-__all__ = [
-    'DINOv2', 'DINOv3', 'DINOv3Distillation', 'MultiDistillation', 'MultiResolutionBatchSampler',
-    'MultiResolutionDataset'
-]
+__all__ = ['DINOv2', 'DINOv3', 'DINOv3Distillation', 'MultiDistillation']

@@ -9,7 +9,7 @@ from .depth_tta import DepthTTAModel
 from .dpt_head import DepthOutputBlock, DPTDepthHead
 from .linear_head import LinearDepthHead
 from .losses import GradientLoss, SigLoss
-from .visualization import DepthVisualizationHook, colorize_depth
+from dino_mm.visualization.depth import DepthVisualizationHook, colorize_depth
 
 __all__ = [
     'DepthBaseDecodeHead', 'DepthDataPreProcessor', 'DinoDepthEstimator', 'DepthTTAModel',

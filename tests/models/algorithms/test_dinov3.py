@@ -16,8 +16,9 @@ from dino_mm.datasets.collate import dino_collate
 from dino_mm.datasets.transforms.multi_crop import DINOMultiCrop
 from dino_mm.engine.hooks.gram_hooks import (GramTeacherRefreshHook, LossWeightScheduleHook,
                                              linear_warmup_cosine_decay)
-from dino_mm.models.algorithms.dinov3 import (DINOv3, MultiResolutionBatchSampler,
-                                              MultiResolutionDataset)
+from dino_mm.datasets.multi_resolution import (MultiResolutionBatchSampler,
+                                               MultiResolutionDataset)
+from dino_mm.models.algorithms.dinov3 import DINOv3
 
 B, N_LOCAL, GLOBAL, LOCAL, GRAM, PATCH, DIM = 3, 2, 32, 16, 48, 8, 48
 HEAD = dict(out_dim=40, hidden_dim=64, bottleneck_dim=16, nlayers=3)
