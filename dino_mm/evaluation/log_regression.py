@@ -206,14 +206,42 @@ class LogisticRegressionMetric(TrainFeatureMetric):
         self.log_sweep = log_sweep
 
 
-    def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
-        """Sweep C and evaluate (rank 0 only, after collection)."""
+    def compute_metrics(self, results: List[dict], distribute_cs: bool = False
+                        ) -> Dict[str, float]:
+        """Sweep C and evaluate (with ``distribute_cs``, this rank's share of the grid)."""
         val_features, val_labels = self.stacked_results(results)
         out = eval_log_regression(self.train_features, self.train_labels, val_features,
-                                  val_labels, distribute_cs=False, **self.kwargs)
+                                  val_labels, distribute_cs=distribute_cs, **self.kwargs)
         if not self.log_sweep:
             out = {k: v for k, v in out.items() if not k.startswith('sweep/')}
         return out
+
+    def evaluate(self, size: int) -> Dict[str, float]:
+        """Spread the C sweep over the ranks of a distributed run.
+
+        MMEngine's ``BaseMetric.evaluate`` computes on rank 0 while the other ranks wait,
+        so the 45 L-BFGS fits of the official grid would run one after the other. Here the
+        test results are collected, shared with every rank (the training features already
+        are, by the loop), every rank fits its share of the C grid, the selection
+        accuracies are all-gathered, and all ranks agree on the best C; rank 0's metrics
+        are returned on every rank, as MMEngine does.
+        """
+        if dist.get_world_size() == 1:
+            return super().evaluate(size)
+        from mmengine.dist import broadcast_object_list, collect_results
+        if not self.results:
+            warnings.warn(f'{type(self).__name__} got empty `self.results` on rank '
+                          f'{dist.get_rank()}.')
+        results = collect_results(self.results, size, self.collect_device)
+        shared = [results]
+        broadcast_object_list(shared)
+        metrics = self.compute_metrics(shared[0], distribute_cs=True)
+        if self.prefix:
+            metrics = {f'{self.prefix}/{k}': v for k, v in metrics.items()}
+        out = [metrics]
+        broadcast_object_list(out)
+        self.results.clear()
+        return out[0]
 
 
 __all__ = ['OFFICIAL_C_GRID', 'fit_logistic_regression', 'eval_log_regression',
