@@ -35,7 +35,7 @@ def _optimizer(n_groups=2):
 def test_fit_schedules_follows_batch_size_and_max_iters():
     cfg = Config.fromfile(DEMO)
     declared = cfg.train_cfg.max_iters
-    assert declared == 400
+    assert declared == 1000
     cfg.merge_from_dict({'train_dataloader.batch_size': 8, 'train_cfg.max_iters': 40})
     changes = fit_schedules_to_run(cfg, declared)
     lr, wd = cfg.param_scheduler
@@ -43,22 +43,22 @@ def test_fit_schedules_follows_batch_size_and_max_iters():
     assert (lr.total_iters, lr.warmup_iters, lr.freeze_last_layer_iters) == (40, 4, 1)
     assert wd.total_iters == 40
     hooks = {h.type: h for h in cfg.custom_hooks}
-    assert hooks['dino_mm.TeacherTempHook'].warmup_iters == 400 // 3 * 40 // 400
-    assert any('max_iters 400 -> 40' in c for c in changes)
+    assert hooks['dino_mm.TeacherTempHook'].warmup_iters == declared // 3 * 40 // declared
+    assert any(f'max_iters {declared} -> 40' in c for c in changes)
     # the keys a user typed are kept; keep_lengths keeps every length
     cfg = Config.fromfile(DEMO)
     cfg.merge_from_dict({'train_cfg.max_iters': 40, 'param_scheduler.0.warmup_iters': 7,
                          'param_scheduler.0.batch_size_per_gpu': 32,
                          'train_dataloader.batch_size': 8})
-    fit_schedules_to_run(cfg, 400, explicit=['param_scheduler.0.warmup_iters',
+    fit_schedules_to_run(cfg, declared, explicit=['param_scheduler.0.warmup_iters',
                                              'param_scheduler.0.batch_size_per_gpu'])
     assert cfg.param_scheduler[0].warmup_iters == 7
     assert cfg.param_scheduler[0].total_iters == 40
     assert cfg.param_scheduler[0].batch_size_per_gpu == 32
     cfg = Config.fromfile(DEMO)
     cfg.train_cfg.max_iters = 40
-    assert fit_schedules_to_run(cfg, 400, keep_lengths=True) == []
-    assert cfg.param_scheduler[0].total_iters == 400
+    assert fit_schedules_to_run(cfg, declared, keep_lengths=True) == []
+    assert cfg.param_scheduler[0].total_iters == declared
 
 
 def _scalars(work_dir):
@@ -98,8 +98,8 @@ def test_train_tool_lr_follows_overridden_batch_and_length(tmp_path, digits_pret
     big, _ = _train(str(tmp_path / 'b32'), digits_pretrain_root, tool_env,
                     'train_dataloader.batch_size=32')
     assert '[schedules]' in log and 'batch_size_per_gpu 32 -> 8' in log
-    # max_iters 400 -> 3: warm-up 40 -> 0 iterations, so iteration 1 already trains (the
-    # config's own lengths would give lr 0 there, inside a 40-iteration warm-up)
+    # max_iters 1000 -> 3: warm-up 100 -> 0 iterations, so iteration 1 already trains (the
+    # config's own lengths would give lr 0 there, inside a 100-iteration warm-up)
     assert small[1]['lr'] > 0
     # sqrt_wrt_1024: lr ~ sqrt(batch); the same group multipliers in both runs
     assert small[1]['lr'] / big[1]['lr'] == pytest.approx(math.sqrt(8 / 32), rel=1e-6)
