@@ -10,7 +10,7 @@ sets :attr:`DINOv2.teacher_temp` before each iteration, the momentum hook calls
 :meth:`DINOv2.update_teacher` after each optimizer step.
 """
 import copy
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -199,20 +199,31 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
         self.teacher.eval()
         return self
 
+    def ema_pairs(self) -> List[tuple]:
+        """``(source, ema)`` module dicts that :meth:`update_teacher` blends, key by key.
+
+        SSL: the student into the teacher. Distillation overrides it (the student into its
+        EMA copy; the teacher is frozen).
+        """
+        return [(self.student, self.teacher)]
+
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """EMA ``teacher = momentum * teacher + (1 - momentum) * student`` over parameters.
+        """EMA ``ema = momentum * ema + (1 - momentum) * source`` over :meth:`ema_pairs`.
+
+        One fused ``_foreach`` multiply-add over all parameters.
 
         Args:
             momentum (float): Teacher momentum for this iteration (0.992 -> 1 cosine).
         """
-        student_params: List[torch.Tensor] = []
-        teacher_params: List[torch.Tensor] = []
-        for key in self.student:
-            student_params += list(self.student[key].parameters())
-            teacher_params += list(self.teacher[key].parameters())
-        torch._foreach_mul_(teacher_params, momentum)
-        torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
+        source_params: List[torch.Tensor] = []
+        ema_params: List[torch.Tensor] = []
+        for source, ema in self.ema_pairs():
+            for key in source:
+                source_params += list(source[key].parameters())
+                ema_params += list(ema[key].parameters())
+        torch._foreach_mul_(ema_params, momentum)
+        torch._foreach_add_(ema_params, source_params, alpha=1 - momentum)
 
     def student_backbone_state_dict(self) -> Dict[str, torch.Tensor]:
         """Student backbone weights in the official backbone layout (no prefix)."""
@@ -254,6 +265,85 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
     def _param_dtype(self) -> torch.dtype:
         return next(self.student.backbone.parameters()).dtype
 
+    #: Order of the crops in the one student head call: the official DINOv2 code puts the
+    #: local class tokens first, DINOv3 the global ones (kept for bit-equal parity).
+    head_local_first = True
+
+    def _prepare_inputs(self, collated_global_crops, collated_local_crops, collated_masks,
+                        mask_indices_list):
+        """Check the collated batch and cast the crops to the parameters' dtype.
+
+        The official collate casts crops to fp16 for its FSDP mixed precision; without an
+        autocast context a half input would not match fp32 weights.
+
+        Returns:
+            tuple: ``(global_crops, local_crops or None, masks (bool), mask_indices_list
+            (long))``.
+        """
+        n_g = self.n_global_crops
+        dtype = self._param_dtype()
+        global_crops = collated_global_crops.to(dtype)
+        if global_crops.shape[0] % n_g:
+            raise ValueError(f'{type(self).__name__}: collated_global_crops must hold 2 crops '
+                             f'per image (crop-major), got {global_crops.shape[0]} images.')
+        batch_size = global_crops.shape[0] // n_g
+        local_crops = None
+        if collated_local_crops is not None and collated_local_crops.numel() > 0:
+            if collated_local_crops.shape[0] % batch_size:
+                raise ValueError(f'{type(self).__name__}: collated_local_crops has '
+                                 f'{collated_local_crops.shape[0]} images, not a multiple of '
+                                 f'the batch size {batch_size}.')
+            local_crops = collated_local_crops.to(dtype)
+        masks = collated_masks.bool()
+        if masks.shape[0] != global_crops.shape[0]:
+            raise ValueError(f'{type(self).__name__}: collated_masks has {masks.shape[0]} '
+                             f'rows, expected one per global crop ({global_crops.shape[0]}).')
+        return global_crops, local_crops, masks, mask_indices_list.long()
+
+    def student_forward(self, global_crops: torch.Tensor,
+                        local_crops: Optional[torch.Tensor], masks: Optional[torch.Tensor],
+                        mask_indices_list: torch.Tensor) -> Dict[str, Any]:
+        """The student pass every variant shares: backbone on all crops, one head call.
+
+        The global crops (with ``masks`` on their patch tokens, None for no masking) and the
+        local crops go through the backbone in one ``forward_features`` list call; the class
+        tokens of both and, for iBOT with a shared head, the masked patch tokens go through
+        the DINO head in one call (the official block-diagonal concatenation), in the order
+        :attr:`head_local_first` gives.
+
+        Returns:
+            dict: ``global_tokens`` / ``local_tokens`` (the backbone outputs; local None
+            without local crops), ``global_head`` / ``local_head`` (flat head outputs,
+            crop-major) and ``patch_head`` (the masked tokens' iBOT head output or None).
+        """
+        if local_crops is not None:
+            s_global, s_local = self.student.backbone.forward_features(
+                [global_crops, local_crops], masks=[masks, None])
+        else:
+            s_global, s_local = self.student.backbone.forward_features(
+                global_crops, masks=masks), None
+        head_inputs = [s_global['x_norm_clstoken']]
+        if s_local is not None:
+            head_inputs.insert(0 if self.head_local_first else 1, s_local['x_norm_clstoken'])
+        s_patch_head = None
+        if self.do_ibot:
+            s_patch = s_global['x_norm_patchtokens'].flatten(0, 1).index_select(
+                0, mask_indices_list)
+            if self.ibot_separate_head:
+                s_patch_head = self.student.ibot_head(s_patch)
+            else:
+                head_inputs.append(s_patch)
+        head_out = self.student.dino_head(torch.cat(head_inputs)).split(
+            [t.shape[0] for t in head_inputs])
+        if self.do_ibot and not self.ibot_separate_head:
+            s_patch_head = head_out[-1]
+        g, loc = (1, 0) if self.head_local_first else (0, 1)
+        if s_local is None:
+            g = 0
+        return dict(global_tokens=s_global, local_tokens=s_local, global_head=head_out[g],
+                    local_head=head_out[loc] if s_local is not None else None,
+                    patch_head=s_patch_head)
+
     def loss(self,
              collated_global_crops: torch.Tensor,
              collated_masks: torch.Tensor,
@@ -269,27 +359,10 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
         exactly the masked tokens gives the same numbers without padding.
         """
         n_g = self.n_global_crops
-        # The official collate casts crops to fp16 for its FSDP mixed precision; without an
-        # autocast context a half input would not match fp32 weights.
-        dtype = self._param_dtype()
-        global_crops = collated_global_crops.to(dtype)
-        if global_crops.shape[0] % n_g:
-            raise ValueError('DINOv2: collated_global_crops must hold 2 crops per image '
-                             f'(crop-major), got {global_crops.shape[0]} images.')
+        global_crops, local_crops, masks, mask_indices_list = self._prepare_inputs(
+            collated_global_crops, collated_local_crops, collated_masks, mask_indices_list)
         batch_size = global_crops.shape[0] // n_g
-        local_crops = collated_local_crops
-        n_l = 0
-        if local_crops is not None and local_crops.numel() > 0:
-            if local_crops.shape[0] % batch_size:
-                raise ValueError(f'DINOv2: collated_local_crops has {local_crops.shape[0]} '
-                                 f'images, not a multiple of the batch size {batch_size}.')
-            local_crops = local_crops.to(dtype)
-            n_l = local_crops.shape[0] // batch_size
-        masks = collated_masks.bool()
-        if masks.shape[0] != global_crops.shape[0]:
-            raise ValueError(f'DINOv2: collated_masks has {masks.shape[0]} rows, expected one '
-                             f'per global crop ({global_crops.shape[0]}).')
-        mask_indices_list = mask_indices_list.long()
+        n_l = 0 if local_crops is None else local_crops.shape[0] // batch_size
         n_masked = mask_indices_list.shape[0]
         # Official normalisers; max(., 1) keeps the global term finite without local crops.
         n_terms = max(n_l * n_g, 1) + (n_g - 1) * n_g
@@ -298,30 +371,10 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
         teacher_dino, teacher_ibot = self._teacher_targets(global_crops, mask_indices_list,
                                                            n_masked_patches)
 
-        if n_l > 0:
-            s_global, s_local = self.student.backbone.forward_features(
-                [global_crops, local_crops], masks=[masks, None])
-        else:
-            s_global = self.student.backbone.forward_features(global_crops, masks=masks)
-        s_global_cls = s_global['x_norm_clstoken']
-        head_inputs = [s_global_cls]
-        if n_l > 0:
-            head_inputs.insert(0, s_local['x_norm_clstoken'])
-        s_patch_head = None
-        if self.do_ibot:
-            s_patch = s_global['x_norm_patchtokens'].flatten(0, 1).index_select(
-                0, mask_indices_list)
-            if self.ibot_separate_head:
-                s_patch_head = self.student.ibot_head(s_patch)
-            else:
-                head_inputs.append(s_patch)
-        # One head call over all tokens, like the official block-diagonal concatenation.
-        head_out = self.student.dino_head(torch.cat(head_inputs)).split(
-            [t.shape[0] for t in head_inputs])
-        s_local_head = head_out[0] if n_l > 0 else None
-        s_global_head = head_out[1 if n_l > 0 else 0]
-        if self.do_ibot and not self.ibot_separate_head:
-            s_patch_head = head_out[-1]
+        student = self.student_forward(global_crops, local_crops, masks, mask_indices_list)
+        s_global_cls = student['global_tokens']['x_norm_clstoken']
+        s_local_head, s_global_head = student['local_head'], student['global_head']
+        s_patch_head = student['patch_head']
 
         losses: Dict[str, torch.Tensor] = {}
         if self.do_dino:

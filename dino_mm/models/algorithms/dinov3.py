@@ -202,6 +202,8 @@ class DINOv3(DINOv2):
             teacher_temp, clip_grad, data_preprocessor, init_cfg).
     """
 
+    head_local_first = False  # the official DINOv3 head call: global, local, patches
+
     def __init__(self,
                  backbone: Union[dict, nn.Module],
                  dino_head: dict,
@@ -382,34 +384,18 @@ class DINOv3(DINOv2):
         batch_size = global_crops.shape[0] // n_g
         n_l = 0 if local_crops is None else local_crops.shape[0] // batch_size
         student_masks = masks if mask_student_globals else None
-        if n_l > 0:
-            s_global, s_local = self.student.backbone.forward_features(
-                [global_crops, local_crops], masks=[student_masks, None])
-        else:
-            s_global = self.student.backbone.forward_features(global_crops, masks=student_masks)
+        student = self.student_forward(global_crops, local_crops, student_masks,
+                                       mask_indices_list)
+        s_global = student['global_tokens']
         s_global_cls = s_global['x_norm_clstoken']
-        head_inputs = [s_global_cls]
-        if n_l > 0:
-            head_inputs.append(s_local['x_norm_clstoken'])
-        s_patch_head = None
-        if self.do_ibot:
-            s_patch = s_global['x_norm_patchtokens'].flatten(0, 1).index_select(
-                0, mask_indices_list)
-            if self.ibot_separate_head:
-                s_patch_head = self.student.ibot_head(s_patch)
-            else:
-                head_inputs.append(s_patch)
-        head_out = self.student.dino_head(torch.cat(head_inputs)).split(
-            [t.shape[0] for t in head_inputs])
-        if self.do_ibot and not self.ibot_separate_head:
-            s_patch_head = head_out[-1]
+        s_patch_head = student['patch_head']
 
         losses: Dict[str, torch.Tensor] = {}
         if self.do_dino:
             local_scale, global_scale = self._dino_scales(n_g, n_l)
-            s_global_head = head_out[0].view(n_g, batch_size, -1)
+            s_global_head = student['global_head'].view(n_g, batch_size, -1)
             if n_l > 0:
-                s_local_head = head_out[1].view(n_l, batch_size, -1)
+                s_local_head = student['local_head'].view(n_l, batch_size, -1)
                 dino_local = self.dino_loss.cross_entropy_mean(s_local_head, teacher_dino)
                 losses['dino_local_crops_loss'] = (self.dino_loss_weight * local_scale *
                                                    self.local_loss_weight * dino_local)
@@ -429,28 +415,6 @@ class DINOv3(DINOv2):
                                           masks)
             losses['gram_loss'] = self.gram_loss_weight * gram
         return losses
-
-    def _prepare_inputs(self, collated_global_crops, collated_local_crops, collated_masks,
-                        mask_indices_list):
-        n_g = self.n_global_crops
-        dtype = self._param_dtype()
-        global_crops = collated_global_crops.to(dtype)
-        if global_crops.shape[0] % n_g:
-            raise ValueError(f'{type(self).__name__}: collated_global_crops must hold 2 crops '
-                             f'per image (crop-major), got {global_crops.shape[0]} images.')
-        batch_size = global_crops.shape[0] // n_g
-        local_crops = None
-        if collated_local_crops is not None and collated_local_crops.numel() > 0:
-            if collated_local_crops.shape[0] % batch_size:
-                raise ValueError(f'{type(self).__name__}: collated_local_crops has '
-                                 f'{collated_local_crops.shape[0]} images, not a multiple of '
-                                 f'the batch size {batch_size}.')
-            local_crops = collated_local_crops.to(dtype)
-        masks = collated_masks.bool()
-        if masks.shape[0] != global_crops.shape[0]:
-            raise ValueError(f'{type(self).__name__}: collated_masks has {masks.shape[0]} '
-                             f'rows, expected one per global crop ({global_crops.shape[0]}).')
-        return global_crops, local_crops, masks, mask_indices_list.long()
 
     def _student_grid(self, global_crops: torch.Tensor) -> Tuple[int, int]:
         patch = self.student.backbone.patch_size

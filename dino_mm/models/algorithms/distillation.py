@@ -162,16 +162,9 @@ class DINOv3Distillation(DINOv3):
         if self.teacher is not None and self.teacher_ckpt:
             load_frozen_teacher(self.teacher, self.teacher_ckpt, 'model.teacher_ckpt')
 
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """EMA of the student into ``student_ema`` (the distillation teacher is frozen)."""
-        student_params: List[torch.Tensor] = []
-        ema_params: List[torch.Tensor] = []
-        for key in self.student:
-            student_params += list(self.student[key].parameters())
-            ema_params += list(self.student_ema[key].parameters())
-        torch._foreach_mul_(ema_params, momentum)
-        torch._foreach_add_(ema_params, student_params, alpha=1 - momentum)
+    def ema_pairs(self) -> List[tuple]:
+        """The student into ``student_ema`` (the distillation teacher is frozen)."""
+        return [(self.student, self.student_ema)]
 
     @torch.no_grad()
     def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
