@@ -55,24 +55,11 @@ class FrozenFeatureModel(BaseModel):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        if backbone_checkpoint is not None:
-            from dino_mm.models.backbones.utils import resolve_backbone_file
-            backbone_checkpoint = resolve_backbone_file(
-                backbone_checkpoint, f'{type(self).__name__}: model.backbone_checkpoint')
-        ckpt = backbone_checkpoint
-        if backbone_checkpoint is not None and isinstance(backbone, dict):
-            # The architecture the file records (tools/convert/pretrain_to_backbone.py)
-            # replaces the config's; the file is read once.
-            from dino_mm.models.backbones.utils import backbone_cfg_for_file
-            backbone, ckpt = backbone_cfg_for_file(backbone, backbone_checkpoint)
-        self.backbone = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
+        from dino_mm.models.backbones.utils import build_frozen_backbone
+        self.backbone = build_frozen_backbone(backbone, backbone_checkpoint,
+                                              f'{type(self).__name__}: model.backbone_checkpoint')
+        # init_weights() keeps the weights of a backbone_checkpoint
         self._backbone_loaded = backbone_checkpoint is not None
-        if backbone_checkpoint is not None:
-            # Loaded here, not through init_cfg: Runner.test() never calls init_weights
-            # (and init_weights() below keeps these weights).
-            from dino_mm.models.backbones import load_checkpoint_strict
-            load_checkpoint_strict(self.backbone, ckpt, source=str(backbone_checkpoint))
-        self.backbone.requires_grad_(False)
         self.precision = check_precision(precision, f'{type(self).__name__}: precision')
 
     def init_weights(self) -> None:

@@ -322,3 +322,34 @@ def backbone_cfg_for_file(backbone: Mapping, path: Union[str, os.PathLike]) -> t
         cfg = {k: v for k, v in cfg.items() if k != 'arch' and k not in ARCH_ARGS}
         cfg.update(record)
     return cfg, obj
+
+
+def build_frozen_backbone(backbone, backbone_checkpoint=None, source: str = 'backbone'):
+    """Build a frozen evaluation backbone, with the weights of ``backbone_checkpoint``.
+
+    The file is found like the hub finds official files (:func:`resolve_backbone_file`);
+    the architecture it records (``tools/convert/pretrain_to_backbone.py``) replaces the
+    config's, the file is read once and loaded strictly. It is loaded here, not through
+    ``init_cfg``, because ``Runner.test()`` never calls ``init_weights``.
+
+    Args:
+        backbone (dict | nn.Module): Config (built through MODELS) or module.
+        backbone_checkpoint (str, optional): Weights to load. Defaults to None.
+        source (str): What names the file in errors. Defaults to 'backbone'.
+
+    Returns:
+        nn.Module: The backbone, with ``requires_grad`` off.
+    """
+    from dino_mm.registry import MODELS
+    ckpt = None
+    if backbone_checkpoint is not None:
+        backbone_checkpoint = resolve_backbone_file(backbone_checkpoint, source)
+        ckpt = backbone_checkpoint
+        if isinstance(backbone, dict):
+            backbone, ckpt = backbone_cfg_for_file(backbone, backbone_checkpoint)
+    module = MODELS.build(backbone) if isinstance(backbone, dict) else backbone
+    if backbone_checkpoint is not None:
+        from dino_mm.models.backbones import load_checkpoint_strict
+        load_checkpoint_strict(module, ckpt, source=str(backbone_checkpoint))
+    module.requires_grad_(False)
+    return module
