@@ -149,22 +149,9 @@ class DinoDepthEstimator(FrozenPaddedBackboneMixin, DepthEstimator):
 
     def slide_inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         """Sliding-window inference; overlapping windows are averaged."""
-        h_stride, w_stride = self.test_cfg.stride
-        h_crop, w_crop = self.test_cfg.crop_size
-        batch_size, _, h_img, w_img = inputs.shape
-        h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
-        w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
-        preds = inputs.new_zeros((batch_size, 1, h_img, w_img))
-        count = inputs.new_zeros((batch_size, 1, h_img, w_img))
-        for h_idx in range(h_grids):
-            for w_idx in range(w_grids):
-                y2 = min(h_idx * h_stride + h_crop, h_img)
-                x2 = min(w_idx * w_stride + w_crop, w_img)
-                y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
-                crop = inputs[:, :, y1:y2, x1:x2]
-                preds[:, :, y1:y2, x1:x2] += self._encode_decode_tta(crop, batch_img_metas)
-                count[:, :, y1:y2, x1:x2] += 1
-        return preds / count
+        from dino_mm.models.sliding_window import slide_average
+        return slide_average(inputs, self.test_cfg.crop_size, self.test_cfg.stride, 1,
+                             lambda crop: self._encode_decode_tta(crop, batch_img_metas))
 
     def inference(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         """Whole-image or sliding-window inference (with optional flip averaging)."""
