@@ -30,7 +30,7 @@ CONFIGS = {
 # CPU can round differently and take another training path, so a working install lands
 # within EXPECTED_BAND points; far below it means a broken install.
 EXPECTED = {
-    'dinov2': {10: 79.67, 20: 80.50},
+    'dinov2': {10: 79.39, 20: 80.78},
     'dinov3': {10: 45.40, 20: 42.90},
 }
 EXPECTED_BAND = 5.0
