@@ -104,6 +104,10 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
 
     n_global_crops = 2  # the crop swap and loss scales of the official code assume two
 
+    #: Order of the crops in the one student head call: the official DINOv2 code puts the
+    #: local class tokens first, DINOv3 the global ones (kept for bit-equal parity).
+    head_local_first = True
+
     def __init__(self,
                  backbone: Union[dict, nn.Module],
                  dino_head: dict,
@@ -265,10 +269,6 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
     def _param_dtype(self) -> torch.dtype:
         return next(self.student.backbone.parameters()).dtype
 
-    #: Order of the crops in the one student head call: the official DINOv2 code puts the
-    #: local class tokens first, DINOv3 the global ones (kept for bit-equal parity).
-    head_local_first = True
-
     def _prepare_inputs(self, collated_global_crops, collated_local_crops, collated_masks,
                         mask_indices_list):
         """Check the collated batch and cast the crops to the parameters' dtype.
@@ -322,27 +322,24 @@ class DINOv2(SSLOptimizationMixin, BaseModel):
         else:
             s_global, s_local = self.student.backbone.forward_features(
                 global_crops, masks=masks), None
-        head_inputs = [s_global['x_norm_clstoken']]
+        # (name, tokens) in the official order of the one head call
+        head_inputs = [('global_head', s_global['x_norm_clstoken'])]
         if s_local is not None:
-            head_inputs.insert(0 if self.head_local_first else 1, s_local['x_norm_clstoken'])
-        s_patch_head = None
+            head_inputs.insert(0 if self.head_local_first else 1,
+                               ('local_head', s_local['x_norm_clstoken']))
+        out = dict(global_tokens=s_global, local_tokens=s_local, local_head=None,
+                   patch_head=None)
         if self.do_ibot:
             s_patch = s_global['x_norm_patchtokens'].flatten(0, 1).index_select(
                 0, mask_indices_list)
             if self.ibot_separate_head:
-                s_patch_head = self.student.ibot_head(s_patch)
+                out['patch_head'] = self.student.ibot_head(s_patch)
             else:
-                head_inputs.append(s_patch)
-        head_out = self.student.dino_head(torch.cat(head_inputs)).split(
-            [t.shape[0] for t in head_inputs])
-        if self.do_ibot and not self.ibot_separate_head:
-            s_patch_head = head_out[-1]
-        g, loc = (1, 0) if self.head_local_first else (0, 1)
-        if s_local is None:
-            g = 0
-        return dict(global_tokens=s_global, local_tokens=s_local, global_head=head_out[g],
-                    local_head=head_out[loc] if s_local is not None else None,
-                    patch_head=s_patch_head)
+                head_inputs.append(('patch_head', s_patch))
+        head_out = self.student.dino_head(torch.cat([t for _, t in head_inputs])).split(
+            [t.shape[0] for _, t in head_inputs])
+        out.update(zip([name for name, _ in head_inputs], head_out))
+        return out
 
     def loss(self,
              collated_global_crops: torch.Tensor,

@@ -10,7 +10,8 @@ The module also holds the small pieces the three official stages need besides th
 
 * :func:`check_checkpoint_compatibility` — fail before training when a stage points at a
   missing or incompatible checkpoint (used by the model for ``gram_ckpt`` and by
-  :class:`~dino_mm.engine.hooks.StageCheckpointHook` for ``load_from``);
+  :class:`~dino_mm.engine.hooks.StageCheckpointHook` for ``load_from``).
+
 The high-resolution stage's data pieces (one crop-size triple per batch) live in
 :mod:`dino_mm.datasets.multi_resolution`.
 """
