@@ -114,18 +114,14 @@ def main(argv=None):
     t0 = time.time()
     ensure_dataset(args.data_root, args.image_size)
     cfg = Config.fromfile(args.config or osp.join(ROOT, CONFIGS[args.variant]))
-    declared = cfg.train_cfg.max_iters
-    if args.cfg_options:
-        from dino_mm.engine.config_checks import validate_cfg_options
-        cfg.merge_from_dict(validate_cfg_options(cfg, args.cfg_options))
+    # as tools/train.py: --cfg-options, then warm-ups / decays keep their share of the run
+    # and the lr rule follows the batch size
+    from dino_mm.engine.schedulers import apply_run_overrides
+    apply_run_overrides(cfg, args.cfg_options, max_iters=args.max_iters)
     cfg.work_dir = args.work_dir or osp.join(ROOT, 'work_dirs', f'demo_{args.variant}')
     cfg.train_dataloader.dataset.data_root = args.data_root
     if args.max_iters is not None:
-        cfg.train_cfg.max_iters = args.max_iters
         cfg.default_hooks.checkpoint.interval = args.max_iters
-    # warm-ups / decays keep their share of the run; the lr rule follows the batch size
-    from dino_mm.engine.schedulers import fit_schedules_to_run
-    fit_schedules_to_run(cfg, declared, explicit=args.cfg_options or ())
 
     torch.manual_seed(cfg.randomness.get('seed', 0) if cfg.get('randomness') else 0)
     random_model = MODELS.build(cfg.model)  # the same initialisation the run starts from

@@ -97,14 +97,10 @@ def merge_args(cfg, args):
         set_loader_flag('pin_memory', False)
     if args.no_persistent_workers:
         set_loader_flag('persistent_workers', False)
-    declared_max_iters = (cfg.get('train_cfg', None) or {}).get('max_iters', None)
-    if args.cfg_options is not None:
-        from dino_mm.engine.config_checks import validate_cfg_options
-        cfg.merge_from_dict(validate_cfg_options(cfg, args.cfg_options))
-    # the lr scaling rule and the schedule lengths follow the batch size / length of the run
-    from dino_mm.engine.schedulers import fit_schedules_to_run
-    fit_schedules_to_run(cfg, declared_max_iters, keep_lengths=args.keep_schedule_lengths,
-                         explicit=args.cfg_options or ())
+    # --cfg-options, then the lr scaling rule and the schedule lengths follow the batch
+    # size / length of the run
+    from dino_mm.engine.schedulers import apply_run_overrides
+    apply_run_overrides(cfg, args.cfg_options, keep_lengths=args.keep_schedule_lengths)
     ensure_plain_checkpoint_hook(cfg)
     # a launched DINO algorithm keeps its per-module clipping and finite stop under DDP
     from dino_mm.engine.model_wrappers import ensure_dino_ddp_wrapper

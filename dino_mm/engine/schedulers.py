@@ -19,7 +19,7 @@ steps it after every iteration, so ``last_step == it`` when iteration ``it`` run
 import inspect
 import logging
 import math
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Mapping, Optional
 
 from mmengine.dist import get_world_size
 from mmengine.logging import print_log
@@ -449,6 +449,30 @@ def _loader_batch_size(cfg) -> Optional[int]:
     if batch is None and isinstance(loader.get('batch_sampler', None), dict):
         batch = loader['batch_sampler'].get('batch_size', None)
     return int(batch) if isinstance(batch, int) and not isinstance(batch, bool) else None
+
+
+def apply_run_overrides(cfg, cfg_options: Optional[Mapping] = None,
+                        max_iters: Optional[int] = None,
+                        keep_lengths: bool = False) -> List[str]:
+    """What every training entry point does with the user's overrides, in one place.
+
+    Merges ``--cfg-options`` (checked by
+    :func:`dino_mm.engine.config_checks.validate_cfg_options`), then an explicit
+    ``max_iters`` (``tools/demo.py --max-iters``), then makes the schedules follow the
+    run with :func:`fit_schedules_to_run` against the config file's own ``max_iters``.
+    Used by ``tools/train.py`` and ``tools/demo.py``.
+
+    Returns:
+        list[str]: The schedule changes made (see :func:`fit_schedules_to_run`).
+    """
+    declared = (cfg.get('train_cfg', None) or {}).get('max_iters', None)
+    if cfg_options:
+        from dino_mm.engine.config_checks import validate_cfg_options
+        cfg.merge_from_dict(validate_cfg_options(cfg, cfg_options))
+    if max_iters is not None:
+        cfg.train_cfg.max_iters = max_iters
+    return fit_schedules_to_run(cfg, declared, keep_lengths=keep_lengths,
+                                explicit=cfg_options or ())
 
 
 def fit_schedules_to_run(cfg, declared_max_iters: Optional[int] = None,
