@@ -10,7 +10,7 @@ PYTEST_WORKERS ?= 2
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup setup-tests demo test test-fast clean-venv
+.PHONY: setup setup-tests demo demo-dinotxt test test-fast clean-venv
 
 # tools/setup_env.sh makes VENV absolute and takes its compile parallelism from the cores,
 # not from the OMP_NUM_THREADS exported below for the tests.
@@ -24,6 +24,11 @@ setup-tests:
 # built offline from scikit-learn's digits, then kNN of the trained vs random backbone.
 demo: setup
 	$(PY) tools/demo.py
+
+# dino.txt on the same data: a text tower aligned to a frozen ViT on captioned digits, then
+# zero-shot classification of the held-out digits from class names alone.
+demo-dinotxt: setup
+	$(PY) tools/demo_dinotxt.py
 
 test: setup-tests
 	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
