@@ -1,6 +1,7 @@
 # Task datasets that import mmseg / mmdet (depth.py, segmentation.py, detection.py) are
 # not imported here; the registries find them through their `locations`.
 from .base import EntriesDataset, SkipCorruptMixin
+from .captions import CocoCaptionsDataset
 from .collate import dino_collate
 from .image_folder import ImageFolderDataset
 from .imagenet import ImageNet, dump_imagenet_extra
@@ -13,5 +14,5 @@ from .transforms import __all__ as _transforms_all
 __all__ = [
     'EntriesDataset', 'SkipCorruptMixin', 'dino_collate', 'ImageFolderDataset', 'ImageNet',
     'dump_imagenet_extra', 'ImageNet22k', 'dump_imagenet22k_extra', 'SeededInfiniteSampler',
-    'MultiResolutionDataset', 'MultiResolutionBatchSampler'
+    'MultiResolutionDataset', 'MultiResolutionBatchSampler', 'CocoCaptionsDataset'
 ] + _transforms_all
