@@ -54,7 +54,7 @@ def _with_prefix_scope(build):
 # mmseg / mmdet, so it is only pulled in when a registry lookup needs it).
 _MODEL_LOCATIONS = [
     'dino_mm.models', 'dino_mm.models.segmentation', 'dino_mm.models.depth',
-    'dino_mm.models.detection'
+    'dino_mm.models.detection', 'dino_mm.models.text.zero_shot_seg'
 ]
 
 def _child(name: str, parent: Registry, locations: list) -> Registry:

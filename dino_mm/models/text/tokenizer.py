@@ -28,7 +28,6 @@ from typing import List, Optional, Sequence, Union
 import ftfy
 import regex
 import torch
-from open_clip import tokenizer as _oc
 
 __all__ = ['CLIPTokenizer', 'clean_text', 'default_bpe_path']
 
@@ -49,6 +48,7 @@ _BPE_HINT = ("pass bpe_path=None for open_clip's copy of CLIP's bpe_simple_vocab
 
 def default_bpe_path() -> str:
     """The ``bpe_simple_vocab_16e6.txt.gz`` shipped inside the ``open_clip`` package."""
+    from open_clip import tokenizer as _oc  # imported on use: it costs ~1 s at start-up
     return _oc.default_bpe()
 
 
@@ -124,6 +124,7 @@ class CLIPTokenizer:
         path = default_bpe_path() if bpe_path is None else _check_bpe_file(bpe_path)
         self._context_length = _check_context_length(context_length)
         # reduction_mask='' -> plain truncation (the official rule); clean is replaced by the official rule.
+        from open_clip import tokenizer as _oc
         tok = _oc.SimpleTokenizer(bpe_path=path, context_length=self._context_length, clean='lower',
                                   reduction_mask='')
         tok.clean_fn = self.clean
