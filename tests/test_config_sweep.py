@@ -286,13 +286,26 @@ def tiny_detection(cfg: Config) -> Config:
 
 def tiny_demo(cfg: Config) -> Config:
     """The demo recipes are already tiny (digits); they build as shipped."""
-    assert cfg.model.type in ('dino_mm.DINOv2', 'dino_mm.DINOv3',
+    assert cfg.model.type in ('dino_mm.DINOv2', 'dino_mm.DINOv3', 'dino_mm.DINOTxt',
                               'mmpretrain.ImageClassifier'), cfg.model.type
     return cfg
 
 
+def tiny_dinotxt(cfg: Config) -> Config:
+    """dino.txt training / zero-shot leaves (a DINOTxt, or one inside the zero-shot
+    segmentor): tiny ViT and text tower; the backbone file is checked by (b), not loaded."""
+    model = cfg.model.dinotxt if cfg.model.type == 'dino_mm.DINOTxtZeroShotSegmentor' else cfg.model
+    assert model.type == 'dino_mm.DINOTxt', model.type
+    _tiny_vit(model.vision_backbone)
+    model.text_backbone.update(dim=DIM, num_heads=2, num_layers=1)
+    model.embed_dim = 2 * DIM
+    model.backbone_checkpoint = None
+    return cfg
+
+
 TINY = {'pretrain': tiny_pretrain, 'eval': tiny_eval, 'segmentation': tiny_segmentation,
-        'depth': tiny_depth, 'detection': tiny_detection, 'demo': tiny_demo}
+        'depth': tiny_depth, 'detection': tiny_detection, 'demo': tiny_demo,
+        'dinotxt': tiny_dinotxt}
 
 
 def tiny_cfg(leaf: str, cfg: Config = None) -> Config:

@@ -123,6 +123,7 @@ def add_prediction_dump(cfg, out_file):
 
 
 #: Model config keys that name weights the model loads itself.
+MODEL_LEVEL_CHECKPOINTS = ('LinearProbeGrid', 'DINOTxt')
 WEIGHT_KEYS = ('backbone_checkpoint', 'teacher_ckpt', 'gram_ckpt', 'pretrained')
 
 
@@ -191,8 +192,10 @@ def main(argv=None):
             print(f'error: {args.config}: {err}', file=sys.stderr)
             raise SystemExit(2) from None
     checkpoint = None if args.checkpoint.lower() == 'none' else args.checkpoint
+    # Models with a frozen backbone *and* trained parts take CHECKPOINT as a model-level file
+    # (load_from): the linear probe grid and dino.txt (heads + text tower).
     frozen_eval = ('backbone_checkpoint' in cfg.model
-                   and not str(cfg.model.get('type', '')).endswith('LinearProbeGrid'))
+                   and not str(cfg.model.get('type', '')).endswith(MODEL_LEVEL_CHECKPOINTS))
     if checkpoint is not None:
         from dino_mm.engine.checkpoint import check_checkpoint_file
         if frozen_eval:
@@ -208,7 +211,8 @@ def main(argv=None):
         # Frozen-feature evaluations (kNN, logistic regression) take an official-layout
         # backbone file, loaded strictly by the model (Runner.test never calls
         # init_weights, and load_from expects model-level keys). A linear probe's
-        # checkpoint (from tools/train.py) holds the trained classifiers: load_from.
+        # checkpoint (from tools/train.py) holds the trained classifiers, a dino.txt one the
+        # heads and the text tower: load_from.
         cfg.model.backbone_checkpoint = checkpoint
         checkpoint = None
     cfg.load_from = checkpoint

@@ -26,6 +26,9 @@ model = dict(
     text_backbone=dict(context_length=32, dim=64, num_heads=4, num_layers=2),
     embed_dim=192,
     vision=dict(head_drop_path=0.0),
+    # the random frozen backbone exists nowhere else: keep it in the checkpoints (0.5 MB)
+    # so that tools/test.py can evaluate them
+    save_frozen_backbone=True,
     zero_shot=dict(class_names=class_names, templates=['an image of the digit {}.'],
                    part='full'))
 
@@ -51,19 +54,20 @@ test_dataloader = dict(
     batch_size=128, num_workers=0, persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type='dino_mm.ImageNet', data_root=digits_root, split='VAL',
+    # class folders d0000000 .. d0000009 sort in label order, as class_names
+    dataset=dict(type='mmpretrain.CustomDataset', data_root=digits_root, data_prefix='val',
                  pipeline=test_pipeline))
 test_evaluator = dict(type='mmpretrain.Accuracy', topk=(1, ))
 test_cfg = dict()
 
-optim_wrapper = dict(optimizer=dict(lr=2e-3))
+lr = 2e-3
+optim_wrapper = dict(optimizer=dict(lr=lr))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.0, end_factor=1.0, by_epoch=False, begin=0,
-         end=warmup_iters),
-    dict(type='CosineAnnealingLR', T_max=max_iters - warmup_iters, eta_min=0.0,
-         by_epoch=False, begin=warmup_iters, end=max_iters),
+    dict(type='dino_mm.DINOCosineParamScheduler', param_name='lr', base_value=lr,
+         final_value=0.0, total_iters=max_iters, warmup_iters=warmup_iters,
+         start_warmup_value=0.0, schedule_version='v2', by_epoch=False),
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters + 1)
 default_hooks = dict(logger=dict(interval=50),
-                     checkpoint=dict(interval=max_iters // 2, max_keep_ckpts=2))
+                     checkpoint=dict(by_epoch=False, interval=max_iters // 2, max_keep_ckpts=2))
 randomness = dict(seed=0)

@@ -9,11 +9,12 @@ optim_wrapper = dict(
     paramwise_cfg=dict(flat_decay_mult=0.0))
 max_iters = 50000
 warmup_iters = 2000
+# The official linear_warmup_cosine_decay(start 0, peak lr, end 0): DINOv3's schedule family
+# ('v2'); MMEngine's LinearLR cannot start from 0 (it scales the previous value).
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.0, end_factor=1.0, by_epoch=False, begin=0,
-         end=warmup_iters),
-    dict(type='CosineAnnealingLR', T_max=max_iters - warmup_iters, eta_min=0.0,
-         by_epoch=False, begin=warmup_iters, end=max_iters),
+    dict(type='dino_mm.DINOCosineParamScheduler', param_name='lr', base_value=7e-4,
+         final_value=0.0, total_iters=max_iters, warmup_iters=warmup_iters,
+         start_warmup_value=0.0, schedule_version='v2', by_epoch=False),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters + 1)
 val_cfg = None

@@ -146,9 +146,10 @@ class DINOTxt(SSLOptimizationMixin, BaseModel):
         if self.backbone_source is None:
             raise ValueError(
                 'this dino.txt checkpoint holds the heads only (the frozen vision backbone is '
-                'never saved), and the model\'s vision backbone is still random: set '
-                'model.backbone_checkpoint (or the hub\'s backbone_weights=) to the backbone '
-                'file the heads were trained on')
+                'never saved), and the model\'s vision backbone is still random: set the '
+                'DINOTxt\'s backbone_checkpoint (model.backbone_checkpoint, or '
+                'model.dinotxt.backbone_checkpoint in a zero-shot segmentation config; the '
+                'hub\'s backbone_weights=) to the backbone file the heads were trained on')
         for key, value in self.visual_model.backbone.state_dict().items():
             state_dict[full + key] = value
 
