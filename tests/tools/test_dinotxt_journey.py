@@ -108,3 +108,33 @@ def test_missing_images_are_named_by_tools_train(tmp_path, captions_root, digits
               *_opts(broken, digits_root, 2)], tool_env)
     assert p.returncode != 0
     assert victim in p.stdout + p.stderr
+
+
+@pytest.mark.dist
+def test_two_ddp_ranks_equal_one_process_with_the_global_batch(tmp_path, captions_root,
+                                                              digits_root, tool_env, free_port):
+    """tools/dist_train.sh, 2 gloo ranks x 8 pairs == 1 process x 16 pairs: InfiniteSampler
+    gives rank r the samples r, r+2, ... of the same shuffled order, and the gathered CLIP
+    loss is the loss of the global batch, so DDP's averaged gradients are the same."""
+    one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+    p = _run([PY, 'tools/train.py', CONFIG, '--work-dir', one,
+              *_opts(captions_root, digits_root, 2)], tool_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    env = dict(tool_env, PORT=free_port, PYTHON=PY)
+    p = _run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', two,
+              *_opts(captions_root, digits_root, 2, ['train_dataloader.batch_size=8'])], env)
+    assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-3000:])
+    a = safe_torch_load(osp.join(one, 'iter_2.pth'))['state_dict']
+    b = safe_torch_load(osp.join(two, 'iter_2.pth'))['state_dict']
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # and the runs trained: the weights moved away from the shared initialisation
+    p = _run([PY, 'tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'zero'),
+              *_opts(captions_root, digits_root, 2, ['optim_wrapper.optimizer.lr=0.0',
+                                                    'param_scheduler.0.base_value=0.0'])],
+             tool_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = safe_torch_load(osp.join(tmp_path / 'zero', 'iter_2.pth'))['state_dict']
+    key = 'text_model.head.linear_projection.weight'
+    assert not torch.allclose(a[key], c[key], atol=1e-6)
