@@ -138,3 +138,70 @@ def test_two_ddp_ranks_equal_one_process_with_the_global_batch(tmp_path, caption
     c = safe_torch_load(osp.join(tmp_path / 'zero', 'iter_2.pth'))['state_dict']
     key = 'text_model.head.linear_projection.weight'
     assert not torch.allclose(a[key], c[key], atol=1e-6)
+
+
+def test_released_style_heads_file_with_the_in1k_zero_shot_config(tmp_path, digits_root,
+                                                                   tool_env):
+    """The release path: the ImageNet zero-shot config, a heads-only file as CHECKPOINT (as
+    Meta ships it) and the backbone file in model.backbone_checkpoint, on data in the
+    official ImageNet layout (with extra/)."""
+    from mmengine.config import Config
+
+    from dino_mm.datasets import dump_imagenet_extra
+    from dino_mm.models.text import DINOTxt
+    data = str(tmp_path / 'imagenet')
+    shutil.copytree(digits_root, data)
+    dump_imagenet_extra(data, osp.join(data, 'extra'), splits=('VAL', ))
+    vit = dict(type='dino_mm.DinoVisionTransformer', arch='dinov3_vits16', patch_size=8,
+               img_size=16, embed_dim=32, depth=2, num_heads=2)
+    text = dict(dim=32, num_heads=2, num_layers=1)
+    base = Config.fromfile(osp.join(
+        ROOT, 'configs/dinotxt/dinov3-vitl16_dinotxt-tet1280d20h24l_zeroshot_in1k.py'))
+    model_cfg = dict(base.model)
+    model_cfg.pop('type')
+    model_cfg.update(vision_backbone=vit, backbone_checkpoint=None, embed_dim=64,
+                     text_backbone=dict(model_cfg['text_backbone'], **text))
+    torch.manual_seed(0)
+    model = DINOTxt(**model_cfg)
+    backbone = str(tmp_path / 'backbone.pth')
+    torch.save(model.visual_model.backbone.state_dict(), backbone)
+    heads = str(tmp_path / 'heads.pth')
+    torch.save(model.state_dict(), heads)  # no backbone keys, as the released file
+    names = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine']
+    preds = str(tmp_path / 'preds.pkl')
+    opts = ['--cfg-options', f'test_dataloader.dataset.data_root={data}',
+            'test_dataloader.batch_size=64', 'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False',
+            'test_dataloader.dataset.pipeline.1.scale=16',
+            'test_dataloader.dataset.pipeline.2.crop_size=16',
+            'model.vision_backbone.arch=dinov3_vits16', 'model.vision_backbone.patch_size=8',
+            'model.vision_backbone.img_size=16', 'model.vision_backbone.embed_dim=32',
+            'model.vision_backbone.depth=2', 'model.vision_backbone.num_heads=2',
+            'model.text_backbone.dim=32', 'model.text_backbone.num_heads=2',
+            'model.text_backbone.num_layers=1', 'model.embed_dim=64',
+            f'model.backbone_checkpoint={backbone}',
+            f'model.zero_shot.class_names={names}', 'model.zero_shot.templates=simple']
+    p = _run([PY, 'tools/test.py', base.filename, heads, '--work-dir', str(tmp_path / 'w'),
+              '--out', preds, *opts], tool_env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert 'accuracy/top1' in p.stdout + p.stderr
+    # the same scores in this process: the heads and the backbone were both loaded
+    import mmengine
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import init_default_scope
+
+    from dino_mm.registry import DATASETS
+    dumped = mmengine.load(preds)
+    init_default_scope('dino_mm')
+    ds_cfg = dict(base.test_dataloader.dataset, data_root=data)
+    ds_cfg['pipeline'][1]['scale'] = 16
+    ds_cfg['pipeline'][2]['crop_size'] = 16
+    dataset = DATASETS.build(ds_cfg)
+    model.zero_shot = dict(class_names=names, templates='simple')
+    model.eval()
+    with torch.no_grad():
+        batch = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), False)
+        ours = model.predict(batch['inputs'], batch['data_samples'])
+    for i in range(2):
+        torch.testing.assert_close(torch.as_tensor(dumped[i]['pred_score']), ours[i].pred_score,
+                                   rtol=1e-4, atol=1e-6)
