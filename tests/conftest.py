@@ -30,6 +30,18 @@ def _isolate_default_scope():
     DefaultScope._instance_dict.update(saved)
 
 
+@pytest.fixture
+def weights_dir(monkeypatch, tmp_path):
+    """Empty weights folders for the hub's file lookup: ``$DINO_MM_WEIGHTS``, ``~`` and
+    torch.hub's dir, all in tmp (nothing on this machine is found by accident)."""
+    folder = tmp_path / 'weights'
+    folder.mkdir()
+    monkeypatch.setenv('DINO_MM_WEIGHTS', str(folder))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torchhub'))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

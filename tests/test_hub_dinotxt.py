@@ -27,16 +27,6 @@ FILES = {
 SMALL = dict(depth=2, text_kwargs=dict(num_layers=2))
 
 
-@pytest.fixture
-def weights_dir(monkeypatch, tmp_path):
-    folder = tmp_path / 'weights'
-    folder.mkdir()
-    monkeypatch.setenv('DINO_MM_WEIGHTS', str(folder))
-    monkeypatch.setenv('HOME', str(tmp_path))
-    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torchhub'))
-    return folder
-
-
 def _random_warnings(record):
     return [str(w.message) for w in record if 'RANDOM' in str(w.message)]
 

@@ -43,17 +43,6 @@ NEEDS = {'dinov3_vit7b16_de': 'mmdet.models', 'dinov2_vitg14_ade20k_m2f': 'mmdet
          'dinov3_vit7b16_ms': 'mmdet.models'}
 
 
-@pytest.fixture
-def weights_dir(monkeypatch, tmp_path):
-    """Empty weights folders: ``$DINO_MM_WEIGHTS``, ``~`` and torch.hub's dir in tmp."""
-    folder = tmp_path / 'weights'
-    folder.mkdir()
-    monkeypatch.setenv('DINO_MM_WEIGHTS', str(folder))
-    monkeypatch.setenv('HOME', str(tmp_path))
-    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torchhub'))
-    return folder
-
-
 def _need(name):
     if name in NEEDS or '_ade20k_' in name or '_voc2012_' in name:
         from tests.oracles import require

@@ -18,6 +18,16 @@ def digits_root(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='session')
+def captions_root(tmp_path_factory):
+    """The training digits with templated captions in the COCO-Captions layout, 16 px."""
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'dataset_converters'))
+    from make_digits_captions import write_digits_captions
+    out = str(tmp_path_factory.mktemp('digits_captions'))
+    write_digits_captions(out, image_size=16)
+    return out
+
+
 @pytest.fixture
 def free_port():
     """A port that is free now, taken *below* the kernel's ephemeral range.

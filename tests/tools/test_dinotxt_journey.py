@@ -17,15 +17,6 @@ CONFIG = osp.join(ROOT, 'configs', 'demo', 'dinotxt_vit-tiny_digits.py')
 PY = sys.executable
 
 
-@pytest.fixture(scope='module')
-def captions_root(tmp_path_factory):
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'dataset_converters'))
-    from make_digits_captions import write_digits_captions
-    out = str(tmp_path_factory.mktemp('digits_captions'))
-    write_digits_captions(out, image_size=16)
-    return out
-
-
 def _opts(captions_root, digits_root, max_iters, extra=()):
     return ['--cfg-options', f'train_dataloader.dataset.data_root={captions_root}',
             f'test_dataloader.dataset.data_root={digits_root}',

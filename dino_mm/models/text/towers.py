@@ -45,6 +45,24 @@ def _init_projection(proj: nn.Module) -> None:
         nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
 
 
+class _FrozenBackboneTower(nn.Module):
+    """A tower whose ``backbone`` may be frozen: no gradients, and eval mode (dropout,
+    stochastic depth off) even while the rest of the model trains."""
+
+    backbone: nn.Module
+    freeze_backbone: bool
+
+    def _freeze(self) -> None:
+        if self.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+
 class VisionHead(nn.Module):
     """Trainable blocks on the backbone tokens, a LayerNorm, an optional projection.
 
@@ -100,7 +118,7 @@ class VisionHead(nn.Module):
         return self.linear_projection(self.ln_final(tokens))
 
 
-class VisionTower(nn.Module):
+class VisionTower(_FrozenBackboneTower):
     """Frozen DINO backbone + :class:`VisionHead`; embedding = [class, pooled patches].
 
     The head runs on ``[class token of the last block, register tokens and patch tokens of
@@ -140,14 +158,7 @@ class VisionTower(nn.Module):
         self.head = VisionHead(backbone.embed_dim, embed_dim, backbone.num_heads,
                                num_head_blocks, head_drop_path, use_class_token,
                                use_patch_tokens, use_linear_projection, block_list_name)
-        if freeze_backbone:
-            backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> 'VisionTower':
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
+        self._freeze()
 
     def init_weights(self) -> None:
         self.head.init_weights()
@@ -223,7 +234,7 @@ class TextHead(nn.Module):
         return self.linear_projection(self.ln_final(tokens))
 
 
-class TextTower(nn.Module):
+class TextTower(_FrozenBackboneTower):
     """Text backbone + :class:`TextHead`, pooled to one embedding per text.
 
     Args:
@@ -252,14 +263,7 @@ class TextTower(nn.Module):
         self.head = TextHead(backbone.embed_dim, embed_dim, backbone.num_heads, num_head_blocks,
                              head_drop_prob, head_is_causal, use_linear_projection,
                              block_list_name)
-        if freeze_backbone:
-            backbone.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> 'TextTower':
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
+        self._freeze()
 
     def init_weights(self) -> None:
         if not self.freeze_backbone:
