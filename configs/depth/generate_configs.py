@@ -88,6 +88,53 @@ def leaf(name, spec, head, data, v3):
     return '\n'.join(lines) + '\n'
 
 
+# CHMv2 (official hub entry dinov3_vitl16_chmv2, dinov3/hub/depthers.py): SAT-493M ViT-L/16,
+# its official head file, and the normalisation of notebooks/chmv2_inference.ipynb.
+CHMV2_BACKBONE = 'dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth'
+CHMV2_HEAD = 'dinov3_vitl16_chmv2_dpt_head-3703d643.pth'
+CHMV2_MEAN = (0.420, 0.411, 0.296)
+CHMV2_STD = (0.213, 0.156, 0.143)
+
+
+def chmv2_leaf():
+    """The CHMv2 inference / evaluation leaf (no training recipe: none is published)."""
+    mean = [round(255 * m, 6) for m in CHMV2_MEAN]  # the 0-255 scale of the preprocessor
+    std = [round(255 * s, 6) for s in CHMV2_STD]
+    return f"""# dinov3-vitl16 (SAT-493M) + CHMv2 DPT head: canopy height in metres from RGB
+# satellite / aerial tiles (official dinov3_vitl16_chmv2); inference and evaluation only.
+# Data layout: see ../_base_/datasets/canopy_height.py (a "rgb_path chm_path" list,
+# 16-bit PNG heights in cm). Weights, official files (also found in $DINO_MM_WEIGHTS):
+#   checkpoints/{CHMV2_BACKBONE} (backbone)
+#   checkpoints/{CHMV2_HEAD} (head)
+# Evaluate: python tools/test.py <this config> none  (both files load through init_cfg).
+# As the official notebook: RGB/255 normalised with mean {CHMV2_MEAN} and std
+# {CHMV2_STD}, center padding to 16 px, whole-image prediction resized to the input size.
+_base_ = ['../_base_/default_runtime.py', '../_base_/datasets/canopy_height.py']
+model = dict(
+    type='dino_mm.DinoDepthEstimator',
+    data_preprocessor=dict(type='dino_mm.DepthDataPreProcessor',
+                           mean={mean},
+                           std={std}),
+    pad_to_patch='auto',
+    freeze_backbone=True,
+    backbone=dict(
+        type='dino_mm.DinoVisionTransformer', arch='dinov3_vitl16',
+        out_indices=[5, 11, 17, 23], out_type='cls_featmap', norm_out=True,
+        # the SAT-493M file keeps its (training-only) local-crop class-token norm
+        untie_global_and_local_cls_norm=True,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/{CHMV2_BACKBONE}')),
+    decode_head=dict(
+        type='dino_mm.DPTDepthHead', embed_dims=1024,
+        post_process_channels=[128, 256, 512, 1024], channels=256, readout_type='project',
+        patch_size=16, use_bias=True, projection_after_fusion=False, n_hidden_channels=128,
+        output_align_corners=True, classify=True, n_bins=256, bins_strategy='chmv2_mixlog',
+        norm_strategy='chmv2_mixlog', min_depth=0.001, max_depth=96.0, loss_decode=[],
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/{CHMV2_HEAD}')),
+    test_cfg=dict(mode='whole', flip=False))
+default_hooks = dict(visualization=dict(type='dino_mm.DepthVisualizationHook', draw=False))
+"""
+
+
 def main():
     written = []
     for family, v3 in ((V2, False), (V3, True)):
@@ -98,6 +145,10 @@ def main():
                     with open(osp.join(HERE, fname), 'w') as f:
                         f.write(leaf(name, spec, head, data, v3))
                     written.append(fname)
+    fname = 'dinov3-vitl16_chmv2_canopy-height.py'
+    with open(osp.join(HERE, fname), 'w') as f:
+        f.write(chmv2_leaf())
+    written.append(fname)
     print(f'wrote {len(written)} configs')
 
 

@@ -1,6 +1,6 @@
 """Hub constructors of the official depth estimators: ``dinov2_vit{s,b,l,g}14_ld`` (linear
-bins head on 1 or 4 layers), ``dinov2_vit{s,b,l,g}14_dd`` (DPT head) and
-``dinov3_vit7b16_dd`` (SYNTHMIX-trained DPT).
+bins head on 1 or 4 layers), ``dinov2_vit{s,b,l,g}14_dd`` (DPT head), ``dinov3_vit7b16_dd``
+(SYNTHMIX-trained DPT) and ``dinov3_vitl16_chmv2`` (canopy heights from satellite images).
 
 As in the official hub, the default loads the official head and backbone files, looked up
 locally by :mod:`dino_mm.hub.utils` (``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/weights``,
@@ -8,9 +8,11 @@ locally by :mod:`dino_mm.hub.utils` (``$DINO_MM_WEIGHTS``, ``~/.cache/dino_mm/we
 warns loudly, naming every missing file, and returns the random init. ``pretrained=True``
 makes a missing file a ``FileNotFoundError`` naming it; ``pretrained=False`` gives random
 weights silently. ``weights`` names the training set of the head file ('NYU' or 'KITTI',
-'SYNTHMIX' for the DINOv3 depther, as in the official signature) or is a local head
-checkpoint, which is always loaded; so is ``backbone_weights`` (a local file or tag).
+'SYNTHMIX' for the DINOv3 depther, 'CHMV2' for the canopy-height head, as in the official
+signatures) or is a local head checkpoint, which is always loaded; so is
+``backbone_weights`` (a local file or tag).
 """
+import os.path as osp
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -21,7 +23,7 @@ from .utils import WeightsRequest, resolve_entry_weights
 __all__ = [
     'dinov2_vits14_ld', 'dinov2_vitb14_ld', 'dinov2_vitl14_ld', 'dinov2_vitg14_ld',
     'dinov2_vits14_dd', 'dinov2_vitb14_dd', 'dinov2_vitl14_dd', 'dinov2_vitg14_dd',
-    'dinov3_vit7b16_dd', 'depther_out_index'
+    'dinov3_vit7b16_dd', 'dinov3_vitl16_chmv2', 'depther_out_index'
 ]
 
 # Official 4-layer selections (docs/reference.md §2.5); 1 layer = the last block.
@@ -32,6 +34,9 @@ _V2_DIM = {'s': 384, 'b': 768, 'l': 1024, 'g': 1536}
 _DEPTH_RANGES = {'NYU': (1e-3, 10.0), 'KITTI': (1e-3, 80.0)}
 # The official SYNTHMIX DPT head of the DINOv3 ViT-7B (hash of the released file).
 _V3_7B_DPT_HEAD = 'dinov3_vit7b16_synthmix_dpt_head-02040be1.pth'
+# The official CHMv2 DPT head (``<base url>/chmv2/dinov3_vitl16_chmv2_dpt_head-3703d643.pth``)
+# on the SAT-493M ViT-L backbone.
+_V3_CHMV2_HEAD = 'dinov3_vitl16_chmv2_dpt_head-3703d643.pth'
 
 
 def depther_out_index(size: str, layers: int = 4) -> List[int]:
@@ -59,31 +64,16 @@ def _backbone_request(arch: str, backbone_weights: Optional[str]) -> WeightsRequ
 
 
 def _load_head(model: torch.nn.Module, path: str) -> None:
-    """Load an official depth-head checkpoint (``{'state_dict': {'decode_head.*': ...}}``).
+    """Load a depth-head checkpoint strictly into ``model.decode_head``.
 
-    The official loader only defines its state dict inside ``if 'state_dict' in ckpt``
-    (NameError otherwise); a bare state dict is accepted here too.
+    Official DINOv2 head files are ``{'state_dict': {'decode_head.*': ...}}`` (the official
+    loader only defines its state dict inside ``if 'state_dict' in ckpt``; a bare
+    ``decode_head.*`` state dict is accepted too); official DINOv3 head files (CHMv2, 7B)
+    are the bare state dict of ``depther.decoder``. See
+    :func:`dino_mm.models.depth.decode_head.load_depth_head`.
     """
-    from dino_mm.models.converters import read_checkpoint  # the safe checkpoint reader
-    obj = read_checkpoint(path)[0]
-    sd = obj.get('state_dict', obj) if isinstance(obj, dict) else obj
-    if not isinstance(sd, dict):
-        raise TypeError(f'{path}: expected a depth head state dict, got '
-                        f'{type(sd).__name__}.')
-    sd = {k: v for k, v in sd.items() if k.startswith('decode_head.')}
-    if not sd:
-        raise KeyError(f'{path}: no decode_head.* key; is this a depth head checkpoint?')
-    target = model.state_dict()
-    expected = {k for k in target if k.startswith('decode_head.')}
-    missing = sorted(expected - set(sd))
-    unexpected = sorted(set(sd) - expected)
-    bad = sorted(k for k in set(sd) & expected if sd[k].shape != target[k].shape)
-    if missing or unexpected or bad:
-        raise RuntimeError(
-            f'Depth head checkpoint {path} does not match the model: missing {missing[:10]}, '
-            f'unexpected {unexpected[:10]}, mis-shaped '
-            f'{[(k, tuple(sd[k].shape), tuple(target[k].shape)) for k in bad[:10]]}.')
-    model.load_state_dict(sd, strict=False)
+    from dino_mm.models.depth.decode_head import load_depth_head
+    load_depth_head(model.decode_head, path)
 
 
 def _load_backbone(model: torch.nn.Module, path: str) -> None:
@@ -241,3 +231,55 @@ def dinov3_vit7b16_dd(*, pretrained: Optional[bool] = None, weights: Optional[st
                loss_decode=[])
     return _build_and_load(backbone, dec, paths)
 
+
+def dinov3_vitl16_chmv2(*, pretrained: Optional[bool] = None, weights: Optional[str] = None,
+                        backbone_weights: Optional[str] = None,
+                        **kwargs: Any) -> torch.nn.Module:
+    """DINOv3 ViT-L/16 (SAT-493M) with the CHMv2 canopy-height DPT head (official
+    ``dinov3_vitl16_chmv2``): blocks [5, 11, 17, 23] with the backbone norm and the class
+    token (readout 'project'), 256 ``chmv2_mixlog`` bins over 0.001 .. 96 m (see
+    :mod:`dino_mm.models.depth.chmv2`). Inputs are normalised with the CHMv2 mean / std
+    (``dino_mm.models.depth.chmv2.predict_canopy_height`` runs the official notebook's
+    inference on an image tensor); predictions are canopy heights in metres.
+
+    Args:
+        pretrained (bool, optional): Load the official files
+            ``dinov3_vitl16_chmv2_dpt_head-3703d643.pth`` and
+            ``dinov3_vitl16_pretrain_sat493m-eadcf0ff.pth`` (local only). None (default):
+            load them if both are here, else warn loudly and return random weights.
+            True: a missing file raises. False: random.
+        weights (str, optional): 'CHMV2' (the default, the official head file) or a local
+            head checkpoint (always loaded; the official bare layout or ``decode_head.*``).
+        backbone_weights (str, optional): Local backbone checkpoint or tag ('SAT493M',
+            the official default, or 'LVD1689M'), always loaded.
+        **kwargs: Backbone overrides (``depth``, ``embed_dim``, ``num_heads``,
+            ``out_indices``, ...). The head widths are the official ones; they follow
+            ``embed_dim`` only through the readout and projection input widths.
+    """
+    from dino_mm.models.depth import DinoDepthEstimator
+    from dino_mm.models.depth.chmv2 import CHMV2_OUT_INDICES, chmv2_head_cfg, chmv2_model_cfg
+    from .backbones import _UNTIED_LOCAL_NORM_HASHES
+    entry = 'dinov3_vitl16_chmv2'
+    files = BACKBONE_WEIGHTS['dinov3_vitl16']
+    paths = resolve_entry_weights(entry, pretrained, [  # before building: fail fast
+        _head_request(weights, {'CHMV2': _V3_CHMV2_HEAD}, 'CHMV2'),
+        WeightsRequest('backbone', backbone_weights, files, 'SAT493M',
+                       explicit=backbone_weights is not None, arg='backbone_weights')])
+    # The SAT-493M ViT-L keeps a separate (training-only) local-crop class-token norm: the
+    # official entry builds it for the SAT493M tag and for files with that hash.
+    chosen = paths['backbone'] or str(backbone_weights or 'SAT493M')
+    untied = chosen.upper() == 'SAT493M' or any(
+        f'-{h}.' in osp.basename(chosen) for h in _UNTIED_LOCAL_NORM_HASHES)
+    kwargs.setdefault('untie_global_and_local_cls_norm', untied)
+    out_index = kwargs.pop('out_indices', list(CHMV2_OUT_INDICES))
+    cfg = chmv2_model_cfg(out_indices=out_index,
+                          head=chmv2_head_cfg(embed_dims=kwargs.get('embed_dim', 1024)),
+                          **kwargs)
+    cfg.pop('type')
+    model = DinoDepthEstimator(**cfg)
+    model.eval()
+    if paths['backbone'] is not None:
+        _load_backbone(model, paths['backbone'])
+    if paths['head'] is not None:
+        _load_head(model, paths['head'])
+    return model

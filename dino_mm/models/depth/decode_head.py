@@ -1,12 +1,19 @@
 """Base class of the depth decode heads: input selection, depth regression or
-classification-regression over bins, losses.
+classification-regression over bins, losses, official head files.
 
 mmseg 1.x has no depth head base class (its ``BaseDecodeHead`` always builds a
 ``conv_seg`` classifier and segmentation losses), so this one is written here. It keeps the
 attribute names the official DINOv2 depth heads use (``conv_depth``, ``min_depth``,
 ``max_depth``, ``n_bins``) so official head checkpoints load without renaming.
+
+The CHMv2 canopy-height head of DINOv3 (``dinov3_vitl16_chmv2``) places its bins and
+normalises its logits in its own way (``chmv2_mixlog``): :func:`chmv2_mixlog_bins` and
+:func:`chmv2_mixlog_depth` follow ``create_chmv2_mixlog_bins`` and
+``create_outputs_with_chmv2_mixlog_norm`` of the official ``dinov3/eval/depth/utils.py``.
 """
-from typing import Dict, List, Optional, Sequence, Union
+import os
+import os.path as osp
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -16,8 +23,138 @@ from torch import Tensor
 
 from dino_mm.registry import MODELS
 
-BINS_STRATEGIES = ('UD', 'SID')
-NORM_STRATEGIES = ('linear', 'softmax', 'sigmoid')
+BINS_STRATEGIES = ('UD', 'SID', 'chmv2_mixlog')
+NORM_STRATEGIES = ('linear', 'softmax', 'sigmoid', 'chmv2_mixlog')
+
+# The CHMv2 head predicts heights divided by this factor: its bins end at max_depth / 8 and
+# the weighted bin sum is multiplied back (official create_chmv2_mixlog_bins / _norm).
+CHMV2_DEPTH_SCALE = 8.0
+
+
+def chmv2_mixlog_bins(min_depth: float, max_depth: float, n_bins: int,
+                      device: Optional[torch.device] = None,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """Bin centres of the CHMv2 head: a blend of linear and log spacing.
+
+    Both spacings run from ``min_depth`` to ``max_depth / 8``; bin ``k`` takes the weight
+    ``t_k`` (linspace 1 -> 0) of the log spacing and ``1 - t_k`` of the linear one, so the
+    first bins are log-spaced (fine steps for low vegetation) and the last ones linear.
+
+    Args:
+        min_depth (float): First bin.
+        max_depth (float): Largest predicted height; the bins end at ``max_depth / 8``.
+        n_bins (int): Number of bins.
+        device (torch.device, optional): Device of the result.
+        dtype (torch.dtype): Dtype of the result. Defaults to float32.
+
+    Returns:
+        Tensor: (n_bins,) bin centres.
+    """
+    top = max_depth / CHMV2_DEPTH_SCALE
+    # The logs are taken of float32 scalars as in the official code, so the bins are the
+    # official ones to the last bit in float32.
+    log_lo = torch.log(torch.tensor(min_depth, dtype=torch.float32))
+    log_hi = torch.log(torch.tensor(top, dtype=torch.float32))
+    linear = torch.linspace(min_depth, top, n_bins, device=device)
+    log = torch.exp(torch.linspace(log_lo, log_hi, n_bins, device=device))
+    t = torch.linspace(1.0, 0.0, n_bins, device=device)
+    return (t * log + (1.0 - t) * linear).to(dtype)
+
+
+def chmv2_mixlog_depth(logits: Tensor, bins: Tensor, max_shift: float = 1e-4,
+                       eps_shift: float = 1e-8, eps: float = 1e-12) -> Tensor:
+    """Height (B, 1, H, W) from CHMv2 bin logits (B, n_bins, H, W): ``chmv2_mixlog`` norm.
+
+    ReLU'd logits, shifted to be strictly positive (by at most ``max_shift``, plus
+    ``eps_shift``), are normalised to sum to 1 over the bins (a linear, not exponential,
+    normalisation) and weight the bin centres; the sum is multiplied by 8 to undo the
+    ``max_depth / 8`` of :func:`chmv2_mixlog_bins`.
+
+    Args:
+        logits (Tensor): Raw head output.
+        bins (Tensor): (n_bins,) centres from :func:`chmv2_mixlog_bins`.
+        max_shift (float): Largest positive shift. Defaults to 1e-4 (official).
+        eps_shift (float): Added to the shift so no weight is 0. Defaults to 1e-8.
+        eps (float): Floor of the denominator, the bins and the output. Defaults to 1e-12.
+    """
+    y = F.relu(logits)
+    # After the ReLU the minimum is >= 0, so the clamped shift is eps_shift in practice;
+    # the official formula is kept as it is.
+    shift = (-y.amin(dim=1, keepdim=True)).clamp_min(0.0).clamp_max(max_shift) + eps_shift
+    y = y + shift
+    denom = y.sum(dim=1, keepdim=True)
+    denom = torch.nan_to_num(denom, nan=1.0, posinf=1.0, neginf=1.0).clamp_min(eps)
+    weights = y / denom
+    centres = bins.view(1, -1, 1, 1).clamp_min(eps)
+    depth = (weights * centres).sum(dim=1, keepdim=True).clamp_min(eps)
+    return depth * CHMV2_DEPTH_SCALE
+
+
+def resolve_head_file(checkpoint: Union[str, os.PathLike], what: str = 'depth head') -> str:
+    """A head checkpoint named in a config -> an existing path (never downloads).
+
+    A path that exists is used as given; otherwise its file name (e.g. the official
+    ``dinov3_vitl16_chmv2_dpt_head-3703d643.pth``, written ``checkpoints/<name>`` in the
+    shipped configs) is looked up where the hub finds weights (``$DINO_MM_WEIGHTS``,
+    ``~/.cache/dino_mm/weights``, torch.hub's checkpoint folder).
+
+    Raises:
+        FileNotFoundError: Naming the file and the folders searched.
+    """
+    path = osp.expanduser(os.fspath(checkpoint))
+    if osp.isfile(path):
+        return path
+    # Imported here: dino_mm.hub builds on the models.
+    from dino_mm.hub.utils import ENV_WEIGHTS_DIR, find_weights, weights_dirs
+    found = find_weights(osp.basename(path))
+    if found is not None:
+        return found
+    raise FileNotFoundError(
+        f'{what}: head checkpoint {checkpoint!r} does not exist (relative to {os.getcwd()}) '
+        f'and {osp.basename(path)!r} is in none of {weights_dirs()}; dino_mm never '
+        f'downloads. Put the file in ${ENV_WEIGHTS_DIR} or give its path.')
+
+
+def head_state_dict_from(obj: Any, source: str = 'the checkpoint') -> Dict[str, Tensor]:
+    """The head tensors of a checkpoint object, keys relative to the head.
+
+    Accepts mmengine / dino_mm checkpoints (``{'state_dict': {'decode_head.*': ...}}``, the
+    layout of the official DINOv2 depth heads; other keys such as ``backbone.*`` are
+    dropped) and the bare state dicts of the official DINOv3 depth heads (CHMv2, 7B
+    SYNTHMIX), which the official hub loads into ``depther.decoder`` as they are.
+    """
+    sd = obj.get('state_dict', obj) if isinstance(obj, Mapping) else obj
+    if not isinstance(sd, Mapping):
+        raise TypeError(f'{source}: expected a depth head state dict, got {type(sd).__name__}.')
+    if any(k.startswith('decode_head.') for k in sd):
+        return {k[len('decode_head.'):]: v for k, v in sd.items() if k.startswith('decode_head.')}
+    return {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+
+
+def load_depth_head(head: nn.Module, path_or_state_dict: Union[str, os.PathLike, Mapping],
+                    source: Optional[str] = None) -> None:
+    """Load a depth head checkpoint into ``head`` strictly (see :func:`head_state_dict_from`).
+
+    Raises:
+        RuntimeError: Missing, unexpected or mis-shaped keys, listed with the file name.
+    """
+    if isinstance(path_or_state_dict, (str, os.PathLike)):
+        from dino_mm.models.converters import read_checkpoint  # the safe checkpoint reader
+        source = os.fspath(path_or_state_dict)
+        obj = read_checkpoint(source)[0]
+    else:
+        obj, source = path_or_state_dict, source or 'the given state dict'
+    sd = head_state_dict_from(obj, source)
+    target = head.state_dict()
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    bad = sorted(k for k in set(sd) & set(target) if sd[k].shape != target[k].shape)
+    if missing or unexpected or bad:
+        raise RuntimeError(
+            f'Depth head checkpoint {source} does not match the model: missing {missing[:10]}, '
+            f'unexpected {unexpected[:10]}, mis-shaped '
+            f'{[(k, tuple(sd[k].shape), tuple(target[k].shape)) for k in bad[:10]]}.')
+    head.load_state_dict(sd, strict=True)
 
 
 class DepthBaseDecodeHead(BaseModule):
@@ -35,17 +172,21 @@ class DepthBaseDecodeHead(BaseModule):
         classify (bool): Classification-regression over ``n_bins`` depth bins instead of
             direct regression. Defaults to False.
         n_bins (int): Number of depth bins. Defaults to 256.
-        bins_strategy (str): 'UD' (bins linear between min and max depth) or 'SID'
+        bins_strategy (str): 'UD' (bins linear between min and max depth), 'SID'
             (``torch.logspace(min_depth, max_depth)``, as in the official code, i.e. the
-            limits are exponents). Defaults to 'UD'.
+            limits are exponents) or 'chmv2_mixlog' (:func:`chmv2_mixlog_bins`, the
+            DINOv3 CHMv2 head). Defaults to 'UD'.
         norm_strategy (str): How bin logits become probabilities: 'linear'
-            ((ReLU(logits) + 0.1) normalised, official default), 'softmax' or 'sigmoid'.
-            Defaults to 'linear'.
+            ((ReLU(logits) + 0.1) normalised, official default), 'softmax', 'sigmoid' or
+            'chmv2_mixlog' (:func:`chmv2_mixlog_depth`, which includes the x8 output
+            scale of the CHMv2 head). Defaults to 'linear'.
         scale_up (bool): For regression: ``sigmoid(x) * max_depth`` instead of
             ``ReLU(x) + min_depth``. Defaults to False.
         loss_decode (dict | list[dict]): Loss configs (e.g. ``dino_mm.SigLoss``).
             Defaults to a SigLoss of weight 1.
-        init_cfg (dict | list[dict], optional): Initialisation config. Defaults to None.
+        init_cfg (dict | list[dict], optional): Initialisation config. ``dict(type=
+            'Pretrained', checkpoint=FILE)`` loads a head file strictly in
+            :meth:`init_weights` (see there). Defaults to None.
     """
 
     def __init__(self,
@@ -101,6 +242,25 @@ class DepthBaseDecodeHead(BaseModule):
             loss_decode = [loss_decode]
         self.loss_decode = nn.ModuleList([MODELS.build(cfg) for cfg in (loss_decode or [])])
 
+    def init_weights(self) -> None:
+        """``init_cfg=dict(type='Pretrained', checkpoint=FILE)``: load a head file strictly.
+
+        The file is found as :func:`resolve_head_file` says (an official file name is
+        looked up in the weights folders) and loaded with :func:`load_depth_head`, so a
+        config that names the official head never runs with a random or half-loaded one
+        (mmengine's own ``Pretrained`` init loads non-strictly and only from the path).
+        Any other ``init_cfg`` is mmengine's.
+        """
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            if 'checkpoint' not in cfg:
+                raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
+            what = f'{type(self).__name__} init_cfg'
+            load_depth_head(self, resolve_head_file(cfg['checkpoint'], what))
+            self._is_init = True
+            return
+        super().init_weights()
+
     # ----------------------------------------------------------------- inputs
     def _select_inputs(self, inputs: Sequence) -> list:
         if self.input_transform is None:
@@ -113,6 +273,8 @@ class DepthBaseDecodeHead(BaseModule):
         if self.bins_strategy == 'UD':
             return torch.linspace(self.min_depth, self.max_depth, self.n_bins,
                                   device=device, dtype=dtype)
+        if self.bins_strategy == 'chmv2_mixlog':
+            return chmv2_mixlog_bins(self.min_depth, self.max_depth, self.n_bins, device, dtype)
         return torch.logspace(self.min_depth, self.max_depth, self.n_bins,
                               device=device, dtype=dtype)
 
@@ -123,6 +285,8 @@ class DepthBaseDecodeHead(BaseModule):
             if self.scale_up:
                 return torch.sigmoid(logit) * self.max_depth
             return F.relu(logit) + self.min_depth
+        if self.norm_strategy == 'chmv2_mixlog':
+            return chmv2_mixlog_depth(logit, self.depth_bins(feat.device, logit.dtype))
         if self.norm_strategy == 'linear':
             # Official (AdaBins-style) normalisation: shift ReLU'd logits by 0.1 so every bin
             # keeps some mass, then divide by the sum.
