@@ -27,13 +27,12 @@ class DepthOutputBlock(nn.Module):
         out_channels (int): 1 for regression, the number of bins for classification.
         n_hidden_channels (int): Width of the hidden conv. Defaults to 32 (official
             ``UpConvHead`` default; the CHMv2 head uses 128).
-        align_corners (bool): Of the x2 upsampling. The official ``UpConvHead`` (DINOv2
-            and DINOv3) uses True; the default False keeps the earlier dino_mm heads as
-            they were. Defaults to False.
+        align_corners (bool): Of the x2 upsampling. Defaults to True, as the official
+            ``HeadDepth`` (DINOv2) and ``UpConvHead`` (DINOv3).
     """
 
     def __init__(self, channels: int, out_channels: int = 1, n_hidden_channels: int = 32,
-                 align_corners: bool = False) -> None:
+                 align_corners: bool = True) -> None:
         super().__init__()
         self.head = nn.Sequential(
             nn.Conv2d(channels, channels // 2, kernel_size=3, padding=1),
@@ -99,7 +98,7 @@ class DPTDepthHead(DepthBaseDecodeHead):
         n_hidden_channels (int): Hidden width of the output block ``conv_depth``.
             Defaults to 32.
         output_align_corners (bool): ``align_corners`` of the upsampling in
-            ``conv_depth`` (see :class:`DepthOutputBlock`). Defaults to False.
+            ``conv_depth`` (see :class:`DepthOutputBlock`). Defaults to True (official).
         **kwargs: :class:`DepthBaseDecodeHead` arguments.
     """
 
@@ -117,7 +116,7 @@ class DPTDepthHead(DepthBaseDecodeHead):
                  use_bias: bool = False,
                  projection_after_fusion: bool = True,
                  n_hidden_channels: int = 32,
-                 output_align_corners: bool = False,
+                 output_align_corners: bool = True,
                  **kwargs) -> None:
         if len(in_index) != 4 or len(post_process_channels) != 4:
             raise ValueError('DPTDepthHead needs exactly four backbone layers: got in_index='

@@ -104,3 +104,18 @@ def test_dpt_head_official_vits_shapes_and_readout():
                       n_bins=8, loss_decode=[])
     out = v3([torch.randn(2, 32, 4, 4)] * 4)
     assert out.shape == (2, 1, 64, 64) and v3.conv_depth.head[4].out_channels == 8
+
+
+def test_dpt_output_block_is_the_official_head_depth():
+    """Official ``HeadDepth`` (DINOv2) / ``UpConvHead`` (DINOv3): conv3x3 C -> C/2, x2
+    bilinear upsampling with align_corners=True, conv3x3 -> 32, ReLU, conv1x1."""
+    from dino_mm.models.depth.dpt_head import DepthOutputBlock
+    torch.manual_seed(0)
+    block = DepthOutputBlock(16, 1).eval()
+    x = torch.randn(2, 16, 5, 7)
+    c1, _, c2, _, c3 = block.head
+    ref = F.conv2d(x, c1.weight, c1.bias, padding=1)
+    ref = F.interpolate(ref, scale_factor=2, mode='bilinear', align_corners=True)
+    ref = F.conv2d(F.conv2d(ref, c2.weight, c2.bias, padding=1).relu(), c3.weight, c3.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), ref, rtol=1e-5, atol=1e-6)
