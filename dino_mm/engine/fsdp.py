@@ -41,7 +41,8 @@ from .checkpoint import (CheckpointError, atomic_torch_save, is_sharded_checkpoi
                          safe_load_bytes, safe_torch_load)
 
 __all__ = [
-    'DINOFSDPStrategy', 'shard_dino_model', 'fsdp_update_teacher', 'check_identical_sharding',
+    'DINOFSDPStrategy', 'shard_dino_model', 'shard_model_units', 'has_fsdp_units',
+    'fsdp_update_teacher', 'check_identical_sharding',
     'save_sharded_checkpoint', 'load_sharded_checkpoint', 'is_sharded_checkpoint',
     'read_sharded_state_dict', 'read_dcp_metadata', 'META_FILE'
 ]
@@ -111,8 +112,12 @@ def shard_dino_model(model: nn.Module,
     FSDP root holding the remaining parameters. Student and teacher are wrapped identically,
     so their local shards line up one to one and the EMA update needs no communication.
 
+    A model that lists its own units (an ``fsdp_units()`` method, e.g. :class:`dino_mm.DINOTxt`)
+    is sharded by :func:`shard_model_units` instead, with the same arguments.
+
     Args:
-        model (nn.Module): A model with ``student`` and ``teacher`` ``nn.ModuleDict``s.
+        model (nn.Module): A model with ``student`` and ``teacher`` ``nn.ModuleDict``s, or
+            with an ``fsdp_units()`` method.
         mesh (DeviceMesh, optional): 1-D mesh; the default world on the current device type.
         mixed_precision (dict, optional): ``{'student'|'teacher': {sub_module: {param_dtype,
             reduce_dtype, output_dtype}}}``; missing entries compute in fp32. Defaults to None.
@@ -124,11 +129,15 @@ def shard_dino_model(model: nn.Module,
         nn.Module: ``model`` itself (FSDP2 converts the modules in place).
     """
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    if has_fsdp_units(model):
+        return shard_model_units(model, mesh, mixed_precision, reshard_after_forward,
+                                 activation_checkpointing)
     if not (isinstance(getattr(model, 'student', None), nn.ModuleDict)
             and isinstance(getattr(model, 'teacher', None), nn.ModuleDict)):
         raise TypeError(f'DINOFSDPStrategy shards DINO algorithms with `student` and `teacher` '
-                        f'ModuleDicts; {type(model).__name__} has none. Use mmengine '
-                        "FSDPStrategy or DDPStrategy for other models.")
+                        f'ModuleDicts, or models with an `fsdp_units()` method; '
+                        f'{type(model).__name__} has neither. Use mmengine FSDPStrategy or '
+                        'DDPStrategy for other models.')
     if set(model.student.keys()) != set(model.teacher.keys()):
         raise ValueError('DINOFSDPStrategy: student and teacher must have the same sub-modules '
                          f'(got {sorted(model.student)} vs {sorted(model.teacher)}).')
@@ -154,6 +163,151 @@ def shard_dino_model(model: nn.Module,
                 if callable(getattr(sub, method, None)):
                     register_fsdp_forward_method(sub, method)
     check_identical_sharding(model)
+    return model
+
+
+def has_fsdp_units(model: nn.Module) -> bool:
+    """Whether ``model`` lists its own FSDP units (an ``fsdp_units()`` method)."""
+    return callable(getattr(model, 'fsdp_units', None))
+
+
+def _covers(prefix: str, name: str) -> bool:
+    """Whether the dotted module path ``prefix`` is ``name`` or one of its parents."""
+    return prefix == '' or name == prefix or name.startswith(prefix + '.')
+
+
+def _unit_policy_key(mixed_precision: dict, name: str) -> Optional[str]:
+    """The longest key of ``mixed_precision`` covering unit ``name`` (None: no entry)."""
+    keys = [key for key in mixed_precision if _covers(key, name)]
+    return max(keys, key=len) if keys else None
+
+
+def _check_units(model: nn.Module, units: List[Tuple[str, nn.Module]]) -> None:
+    names = {id(m): n for n, m in model.named_modules()}
+    seen = set()
+    for i, (name, module) in enumerate(units):
+        if names.get(id(module)) != name:
+            raise ValueError(f'{type(model).__name__}.fsdp_units(): "{name}" is not the name of '
+                             'that module in model.named_modules().')
+        if name in seen:
+            raise ValueError(f'{type(model).__name__}.fsdp_units(): "{name}" is listed twice.')
+        seen.add(name)
+        # FSDP2 assigns a parameter to the first unit wrapped around it: an outer unit
+        # wrapped first would take the inner unit's parameters.
+        inner = next((n for n, _ in units[i + 1:] if n != name and _covers(name, n)), None)
+        if inner is not None:
+            raise ValueError(f'{type(model).__name__}.fsdp_units(): "{inner}" is inside '
+                             f'"{name}" but listed after it; list inner units first.')
+
+
+class _ReplicatedGradAverager:
+    """DDP-style gradient averaging of trainable parameters that are in no FSDP unit.
+
+    FSDP2 only reduces the gradients of the parameters it manages; one outside every unit
+    (``logit_scale`` of dino.txt) would otherwise step on its rank-local gradient and the
+    replicas would drift apart. The reduction runs once per backward pass, at its end
+    (before the clipping and the optimizer step), in a fixed parameter order on every rank.
+    Like DDP without ``find_unused_parameters``, each of these parameters must take part in
+    every backward pass on every rank.
+    """
+
+    def __init__(self, params: List[nn.Parameter], group=None) -> None:
+        self.params, self.group = params, group
+        self.world = dist.get_world_size(group)
+        self.queued = False
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._on_grad)
+
+    def _on_grad(self, param: nn.Parameter) -> None:
+        if not self.queued:
+            self.queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._reduce)
+
+    @torch.no_grad()
+    def _reduce(self) -> None:
+        self.queued = False
+        for p in self.params:
+            if p.grad is None:  # keep the same collectives on every rank
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, group=self.group)
+            p.grad.div_(self.world)
+
+
+def shard_model_units(model: nn.Module,
+                      mesh=None,
+                      mixed_precision: Optional[dict] = None,
+                      reshard_after_forward: bool = False,
+                      activation_checkpointing: bool = False) -> nn.Module:
+    """Shard, in place, the FSDP units a model lists in its ``fsdp_units()`` method.
+
+    ``model.fsdp_units()`` returns ``[(name, module), ...]``, the names those of
+    ``model.named_modules()``, inner units first (each transformer block, then the root of
+    each tower). Each unit is ``fully_shard``-ed with the policy of the longest
+    ``mixed_precision`` key that is its name or a parent of it. What no unit holds stays
+    an ordinary replicated parameter, identical on every rank:
+
+    * frozen parameters (``requires_grad=False``, e.g. a frozen backbone) are never sharded,
+      even inside a unit (FSDP2 ``ignored_params``): they have no gradient to reduce, and
+      they compute in their own dtype;
+    * trainable parameters outside every unit (e.g. ``logit_scale``) are broadcast from rank
+      0 and their gradients averaged over ranks at the end of each backward pass. Keeping
+      them out of FSDP keeps in-place updates made in ``forward`` (a clamp) on the stored
+      weight: FSDP2 would apply them to a gathered copy only.
+
+    There is no teacher EMA here (see :func:`shard_dino_model` for DINO algorithms).
+
+    Args:
+        model (nn.Module): A model with an ``fsdp_units()`` method.
+        mesh (DeviceMesh, optional): 1-D mesh; the default world on the current device type.
+        mixed_precision (dict, optional): ``{unit name prefix: {param_dtype, reduce_dtype,
+            output_dtype} | None}``; ``''`` covers every unit; units without an entry (or
+            with None) compute in fp32. Defaults to None.
+        reshard_after_forward (bool): See :func:`shard_dino_model`.
+        activation_checkpointing (bool): Not supported for these models (raises).
+
+    Returns:
+        nn.Module: ``model`` itself.
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    kind = type(model).__name__
+    if activation_checkpointing:
+        raise ValueError(f'DINOFSDPStrategy: activation_checkpointing is not supported for '
+                         f'{kind} (a model with fsdp_units()); set it to False.')
+    units = list(model.fsdp_units())
+    _check_units(model, units)
+    mixed_precision = dict(mixed_precision or {})
+    unit_names = [name for name, _ in units]
+    for key in mixed_precision:
+        if not any(_covers(key, name) for name in unit_names):
+            raise KeyError(
+                f'DINOFSDPStrategy: mixed_precision key "{key}" covers no FSDP unit of {kind} '
+                f'(units: {unit_names}). Its keys are unit name prefixes, e.g. '
+                "{'text_model': dict(param_dtype='bf16', reduce_dtype='fp32')}, or set "
+                "mixed_precision=None for fp32 (the default 'official' policy names the "
+                'student / teacher of DINO algorithms).')
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    covered = set()
+    for name, module in units:
+        own = [n for n in trainable if _covers(name, n) and n not in covered]
+        if not own:
+            continue  # frozen through and through: nothing to shard
+        covered.update(own)
+        key = _unit_policy_key(mixed_precision, name)
+        policy = _mp_policy(mixed_precision.get(key), f'{key}' if key else name)
+        frozen = {p for p in module.parameters() if not p.requires_grad}
+        fully_shard(module, mesh=mesh, mp_policy=policy,
+                    reshard_after_forward=reshard_after_forward, ignored_params=frozen or None)
+        for method in _FORWARD_METHODS:
+            if callable(getattr(module, method, None)):
+                register_fsdp_forward_method(module, method)
+    replicated = [model.get_parameter(n) for n in trainable if n not in covered]
+    group = mesh.get_group() if mesh is not None else None
+    if replicated and dist.is_initialized() and dist.get_world_size(group) > 1:
+        src = dist.get_global_rank(group, 0) if group is not None else 0
+        with torch.no_grad():
+            for p in replicated:  # identical start, as DDP does
+                dist.broadcast(p.data, src=src, group=group)
+        model._fsdp_grad_averager = _ReplicatedGradAverager(replicated, group)
     return model
 
 
@@ -516,10 +670,17 @@ class DINOFSDPStrategy(DDPStrategy):
     which updates the local shards in place. Checkpoints are DCP folders: every rank writes
     its own shards (nothing is gathered) and they resume on any world size.
 
+    A model with an ``fsdp_units()`` method (:class:`dino_mm.DINOTxt`) is sharded by
+    :func:`shard_model_units` instead: its listed units are sharded, frozen and unlisted
+    parameters stay replicated, and there is no teacher EMA. Its replicated parameters are
+    written to the DCP checkpoints like the sharded ones (once, by one rank).
+
     Args:
         mixed_precision (dict | str, optional): Per sub-module FSDP2 precision (see
-            :func:`shard_dino_model`); ``'official'`` is :data:`DEFAULT_MIXED_PRECISION`
-            (bf16 compute, fp32 head-gradient reductions); None computes in fp32.
+            :func:`shard_dino_model`; keyed by unit name prefix for a model with
+            ``fsdp_units()``, see :func:`shard_model_units`); ``'official'`` is
+            :data:`DEFAULT_MIXED_PRECISION` (bf16 compute, fp32 head-gradient reductions of
+            the DINO student); None computes in fp32.
         reshard_after_forward (bool): See :func:`shard_dino_model`. Defaults to False
             (official ``SHARD_GRAD_OP``).
         activation_checkpointing (bool): Recompute student blocks during backward.
@@ -578,8 +739,9 @@ class DINOFSDPStrategy(DDPStrategy):
         self.mesh = init_device_mesh(device.split(':')[0], (dist.get_world_size(),))
         shard_dino_model(model, self.mesh, self.mixed_precision, self.reshard_after_forward,
                          self.activation_checkpointing)
-        # The hooks call model.update_teacher(m); make it the shard-local update.
-        model.update_teacher = lambda momentum: fsdp_update_teacher(model, momentum)
+        if not has_fsdp_units(model):
+            # The hooks call model.update_teacher(m); make it the shard-local update.
+            model.update_teacher = lambda momentum: fsdp_update_teacher(model, momentum)
         return model
 
     # ------------------------------------------------------------------ state

@@ -270,6 +270,39 @@ class DINOTxt(SSLOptimizationMixin, BaseModel):
             return self.encode_image(inputs, normalize=True)
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
+    def fsdp_units(self) -> List[tuple]:
+        """The FSDP2 units :class:`dino_mm.DINOFSDPStrategy` shards, inner units first.
+
+        Every block of the text transformer and of the text and vision heads, then
+        ``text_model`` and ``visual_model.head`` as the roots of the remaining trainable
+        weights (the trained units of the official ``ac_comp_parallelize``). A trainable
+        vision backbone (``freeze_backbone=False``) adds its blocks and itself. Not listed,
+        hence left replicated by the strategy: a frozen vision backbone (the official code
+        shards it too; replicated, it needs no all-gather per forward, and its weights come
+        from ``backbone_checkpoint`` or the build) and ``logit_scale``, whose gradient the
+        strategy averages over ranks -- sharded, the in-place clamp of :meth:`loss` would
+        only reach FSDP2's gathered copy, not the stored weight.
+
+        Returns:
+            list[tuple[str, nn.Module]]: ``(name in named_modules(), module)`` pairs.
+        """
+        def blocks(module: nn.Module) -> List[nn.Module]:
+            flat = getattr(module, '_flat_blocks', None)  # chunked DINO backbones
+            found = list(flat()) if callable(flat) else list(getattr(module, 'blocks', []))
+            return [b for b in found if not isinstance(b, nn.Identity)]
+
+        vision, text = self.visual_model, self.text_model
+        inner, roots = [], []
+        if not vision.freeze_backbone:
+            inner += blocks(vision.backbone)
+            roots.append(vision.backbone)
+        inner += blocks(text.backbone) + [b for b in getattr(text.head, text.head.block_list_name)
+                                          if not isinstance(b, nn.Identity)]
+        inner += [b for b in vision.head.blocks_list if not isinstance(b, nn.Identity)]
+        roots += [text, vision.head]
+        names = {id(m): n for n, m in self.named_modules()}
+        return [(names[id(m)], m) for m in inner + roots]
+
     def clip_gradients(self, optim_wrapper) -> Dict[str, torch.Tensor]:
         """Clip the vision head and the text tower separately (off by default, as the
         official dino.txt loop)."""
