@@ -14,6 +14,7 @@ import dino_mm  # noqa: F401  (first: applies the OpenMMLab compatibility fixes)
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 # Subprocesses and spawned workers import `tools` / `tests.*` modules from the repository.
 os.environ['PYTHONPATH'] = os.pathsep.join(
@@ -28,6 +29,16 @@ def _isolate_default_scope():
     yield
     DefaultScope._instance_dict.clear()
     DefaultScope._instance_dict.update(saved)
+
+
+@pytest.fixture(scope='module')
+def group():
+    """A one-process gloo group, for code that needs ``torch.distributed`` initialised."""
+    if dist.is_initialized():
+        pytest.skip('a process group already exists in this test process')
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
 
 
 @pytest.fixture

@@ -67,11 +67,9 @@ def load_dinotxt_weights(model: DINOTxt, path: str, prefix: str = '') -> None:
     """
     from dino_mm.models.converters import load_state_dict_file
     state_dict, _ = load_state_dict_file(path)
+    # the whole DINOTxt fills the (absent) frozen backbone with the weights it has
     target = model.get_submodule(prefix.rstrip('.')) if prefix else model
-    if prefix:
-        result = target.load_state_dict(state_dict, strict=False)
-    else:  # DINOTxt fills the (absent) frozen backbone with the weights it has
-        result = model.load_state_dict(state_dict, strict=False)
+    result = target.load_state_dict(state_dict, strict=False)
     missing = [k for k in result.missing_keys if not (prefix + k).startswith('visual_model.backbone.')]
     if missing or result.unexpected_keys:
         raise KeyError(f'{path}: does not fit {type(target).__name__}'

@@ -39,15 +39,6 @@ def _tiny_dinotxt(seed=0, **overrides):
     return DINOTxt(**cfg.model)
 
 
-@pytest.fixture
-def group():
-    if dist.is_initialized():
-        pytest.skip('a process group already exists in this test process')
-    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_units_sharded_backbone_and_logit_scale_replicated(group, tmp_path):
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
     from torch.distributed.tensor import DTensor
