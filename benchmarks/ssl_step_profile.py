@@ -85,7 +85,7 @@ def main(argv=None):
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in build_batch(args).items()}
     timer = PhaseTimer(device)
     m = impl.model
-    timer.wrap(m, '_teacher_targets', 'teacher pass')
+    timer.wrap(m, 'teacher_output', 'teacher pass')
     timer.wrap(m.student.backbone, 'forward_features', 'student backbone')
     timer.wrap(m.student.dino_head, 'forward', 'student heads')
     for loss in ('dino_loss', 'ibot_patch_loss', 'koleo_loss'):

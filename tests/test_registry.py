@@ -61,7 +61,10 @@ def test_config_inheritance_through_base():
     # from configs/_base_/default_runtime.py
     assert cfg.default_scope == 'dino_mm'
     assert cfg.default_hooks.timer.type == 'IterTimerHook'
-    assert any(h['type'] == 'dino_mm.PlainCheckpointHook' for h in cfg.custom_hooks)
+    # checkpoints: MMEngine's hook name, served by dino_mm's SafeCheckpointHook
+    from mmengine.registry import HOOKS as MMENGINE_HOOKS
+    from dino_mm.engine.checkpoint import SafeCheckpointHook
+    assert MMENGINE_HOOKS.get(cfg.default_hooks.checkpoint.type) is SafeCheckpointHook
     # overridden in the leaf, merged key by key
     assert cfg.default_hooks.logger.interval == 10
     assert cfg.default_hooks.checkpoint.interval == 50

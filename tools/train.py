@@ -54,8 +54,7 @@ def parse_args(argv=None):
 
 
 def merge_args(cfg, args):
-    from dino_mm.engine.runner_utils import (apply_common_args,
-                                             ensure_plain_checkpoint_hook)
+    from dino_mm.engine.runner_utils import apply_common_args
     apply_common_args(cfg, args.config, args.work_dir, args.launcher)
     if args.amp:
         from mmengine.device import get_device
@@ -101,7 +100,6 @@ def merge_args(cfg, args):
     # size / length of the run
     from dino_mm.engine.schedulers import apply_run_overrides
     apply_run_overrides(cfg, args.cfg_options, keep_lengths=args.keep_schedule_lengths)
-    ensure_plain_checkpoint_hook(cfg)
     # a launched DINO algorithm keeps its per-module clipping and finite stop under DDP
     from dino_mm.engine.model_wrappers import ensure_dino_ddp_wrapper
     ensure_dino_ddp_wrapper(cfg)

@@ -9,9 +9,11 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 
-# Checkpoints hold only tensors and builtin containers, so `--resume` loads them with
-# torch.load(weights_only=True) on torch >= 2.6 (dino_mm/engine/checkpoint.py).
-custom_hooks = [dict(type='dino_mm.PlainCheckpointHook')]
+# The checkpoint hook above is dino_mm's SafeCheckpointHook once dino_mm is imported: its
+# files hold only tensors and builtin containers, so `--resume` loads them with
+# torch.load(weights_only=True) on torch >= 2.6, and they are written atomically and never
+# with NaN weights (dino_mm/engine/checkpoint.py).
+custom_hooks = []
 
 env_cfg = dict(
     cudnn_benchmark=False,

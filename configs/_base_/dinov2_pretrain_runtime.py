@@ -3,7 +3,6 @@
 # (iterations of OFFICIAL_EPOCH_LENGTH = 1250).
 _base_ = ['./default_runtime.py']
 custom_hooks = [
-    dict(type='dino_mm.PlainCheckpointHook'),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.04, teacher_temp=0.07,
          warmup_iters=30 * 1250),
     dict(type='dino_mm.TeacherMomentumHook', momentum_teacher=0.992,

@@ -42,7 +42,6 @@ param_scheduler = [
          final_value=0.04, total_iters=max_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.PlainCheckpointHook'),
     dict(type='dino_mm.StageCheckpointHook', require_load_from=True,
          student_from_teacher=True),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.07, teacher_temp=0.07,

@@ -1,8 +1,8 @@
 # mmdet DINO-4scale detector with a fine-tuned dinov3_vit7b16 backbone
 # (blocks [9, 19, 29, 39] -> simple feature pyramid at strides 8/16/32/64).
-# Published: the official DINOv3 ViT-7B detector (Plain-DETR, hub `dinov3_vit7b16_de`)
-# reports 66.1 box AP on COCO val2017 in the DINOv3 paper (not stated in the
-# official repositories; unverified here). This mmdet DINO config is the
+# Published: the COCO box AP of the official DINOv3 ViT-7B detector (Plain-DETR, hub
+# `dinov3_vit7b16_de`) is in the DINOv3 paper only; the dinov3 README and code state none
+# and the paper table was not checked here. This mmdet DINO config is the
 # closest recipe in mmdet; expect a few AP below the official detector.
 _base_ = [
     '../_base_/models/det_dino-4scale_vit-sfp.py', '../_base_/datasets/coco_detection.py',

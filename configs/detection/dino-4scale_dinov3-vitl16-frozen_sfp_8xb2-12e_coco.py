@@ -1,7 +1,7 @@
 # mmdet DINO-4scale detector with a frozen dinov3_vitl16 backbone
 # (blocks [5, 11, 17, 23] -> simple feature pyramid at strides 8/16/32/64).
-# No official COCO number is published for this backbone size; the DINOv3
-# paper reports 66.1 AP for the 7B with a Plain-DETR detector.
+# No official COCO number is published for this backbone size (only the DINOv3 paper
+# gives one, for the 7B with a Plain-DETR detector).
 _base_ = [
     '../_base_/models/det_dino-4scale_vit-sfp.py', '../_base_/datasets/coco_detection.py',
     '../_base_/schedules/det_12e.py', '../_base_/det_runtime.py'

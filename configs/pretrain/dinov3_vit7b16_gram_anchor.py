@@ -41,7 +41,6 @@ param_scheduler = [
          final_value=0.04, total_iters=total_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.PlainCheckpointHook'),
     dict(type='dino_mm.StageCheckpointHook', require_load_from=True),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.07, teacher_temp=0.07,
          warmup_iters=0),
@@ -51,8 +50,8 @@ custom_hooks = [
     dict(type='dino_mm.LossWeightScheduleHook', attr='gram_loss_weight', start=0.0, peak=0.0,
          end=2.0, warmup_iters=1000 * epoch_length - stage_start_iter,
          cosine_iters=1 * epoch_length),
-    # reweight_dino_local_loss: 1.0 until epoch 1000, then cosine to 0.5 (over 1 epoch,
-    # assumed like the Gram weight).
+    # reweight_dino_local_loss: 1.0 until epoch 1000, then cosine to 0.5 over 1 epoch
+    # (as the official gram_anchor recipe).
     dict(type='dino_mm.LossWeightScheduleHook', attr='local_loss_weight', start=1.0, peak=1.0,
          end=0.5, warmup_iters=1000 * epoch_length - stage_start_iter,
          cosine_iters=1 * epoch_length),

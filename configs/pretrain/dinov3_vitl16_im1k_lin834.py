@@ -52,7 +52,6 @@ param_scheduler = [
          final_value=0.4, total_iters=total_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.PlainCheckpointHook'),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.04, teacher_temp=0.07,
          warmup_iters=30 * epoch_length),
     dict(type='dino_mm.TeacherMomentumHook', momentum_teacher=0.992,

@@ -60,7 +60,6 @@ param_scheduler = [
          final_value=0.04, total_iters=total_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.PlainCheckpointHook'),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.04, teacher_temp=0.07,
          warmup_iters=0),
     # Updates every student's EMA (the teacher is frozen).

@@ -25,26 +25,15 @@ DINOV3 = {
                    'dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth'),
     'vit7b16': ('dinov3_vit7b16', 4096, 40, 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'),
 }
-# Published mIoU. ms ADE20K (DINOv2 model card) and DINOv3 linear ADE20K (model card)
-# are in docs/reference.md §5.11; the others are the DINOv2 README table as remembered
-# (unverified).
+# Published mIoU, each with its source (docs/reference.md §5.11). The DINOv2 README lists only
+# the head files; its model card gives the multiscale ADE20K figures. The DINOv2 linear ADE20K
+# and all VOC2012 figures are in the DINOv2 paper only, whose table could not be read here, so
+# those leaves say "none in the README or model card" instead of quoting a number.
 PUBLISHED: Dict[Tuple[str, str, str], str] = {
-    ('vits14', 'linear', 'ade20k'): '44.3 (DINOv2 README, unverified)',
-    ('vitb14', 'linear', 'ade20k'): '47.3 (DINOv2 README, unverified)',
-    ('vitl14', 'linear', 'ade20k'): '47.7 (DINOv2 README, unverified)',
-    ('vitg14', 'linear', 'ade20k'): '49.0 (DINOv2 README, unverified)',
     ('vits14', 'ms', 'ade20k'): '47.2 (DINOv2 model card, multiscale)',
     ('vitb14', 'ms', 'ade20k'): '51.3 (DINOv2 model card, multiscale)',
     ('vitl14', 'ms', 'ade20k'): '53.1 (DINOv2 model card, multiscale)',
     ('vitg14', 'ms', 'ade20k'): '53.0 (DINOv2 model card, multiscale)',
-    ('vits14', 'linear', 'voc12'): '81.7 (DINOv2 README, unverified)',
-    ('vitb14', 'linear', 'voc12'): '82.1 (DINOv2 README, unverified)',
-    ('vitl14', 'linear', 'voc12'): '82.5 (DINOv2 README, unverified)',
-    ('vitg14', 'linear', 'voc12'): '83.0 (DINOv2 README, unverified)',
-    ('vits14', 'ms', 'voc12'): '82.6 (DINOv2 README, unverified)',
-    ('vitb14', 'ms', 'voc12'): '84.9 (DINOv2 README, unverified)',
-    ('vitl14', 'ms', 'voc12'): '85.2 (DINOv2 README, unverified)',
-    ('vitg14', 'ms', 'voc12'): '86.0 (DINOv2 README, unverified)',
     ('vits16', 'linear', 'ade20k'): '47.0 (DINOv3 model card)',
     ('vits16plus', 'linear', 'ade20k'): '48.8 (DINOv3 model card)',
     ('vitb16', 'linear', 'ade20k'): '51.8 (DINOv3 model card)',
@@ -65,7 +54,12 @@ def head_leaf(version: str, name: str, head: str, data: str) -> Tuple[str, str]:
         size = 640
         data_file = data_file.replace('.py', '_640x640.py')
     schedule = f'seg_{version}_40k.py'
-    published = PUBLISHED.get((name, head, data), 'none published')
+    if (name, head, data) in PUBLISHED:
+        published = PUBLISHED[(name, head, data)]
+    elif version == 'dinov2':
+        published = 'none in the DINOv2 README or model card (paper table not checked)'
+    else:
+        published = 'none published'
     desc = ('BN + 1x1 conv on the last layer' if head == 'linear' else
             'BN + 1x1 conv on the last 4 layers, multi-scale + flip TTA')
     lines = [
@@ -83,7 +77,7 @@ def head_leaf(version: str, name: str, head: str, data: str) -> Tuple[str, str]:
         '    decode_head=dict(',
         f'        in_channels={[dim] * n_layers}, in_index={list(range(n_layers))},',
         f'        channels={dim * n_layers}, num_classes={num_classes}'
-        + (',\n        dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)'
+        + (',\n        dropout_ratio=0.1))  # Dropout2d 0.1: dinov3 eval/segmentation LinearHead'
            if version == 'dinov3' else '))'),
     ]
     fname = f'{version}-{name}_{head}_8xb2-40k_{data}-{size}x{size}.py'
@@ -107,11 +101,12 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
     quarter = depth // 4
     indices = [quarter * (i + 1) - 1 for i in range(4)]
     if version == 'dinov2':
-        published = '60.2 (DINOv2 README, ViT-g + Mask2Former, unverified)'
+        # Not in the DINOv2 README or model card; Papers with Code lists it from the paper.
+        published = '60.2 (DINOv2 paper, frozen ViT-g + ViT-Adapter + M2F)'
         heads, width, extra = 24, 256, ''
         test = "mode='slide', crop_size=(512, 512), stride=(341, 341)"
     else:
-        published = '63.0 (DINOv3 paper, 7B + M2F, unverified)'
+        published = 'none in the dinov3 README (DINOv3 paper table not checked)'
         heads, width = 32, 2048
         # docs/reference.md §5.6: hidden_dim 2048, eval 896 px slide (stride 596) with TTA ratios.
         test = ("mode='slide', crop_size=(896, 896), stride=(596, 596),\n"

@@ -40,7 +40,7 @@ import time
 import zipfile
 from collections import Counter, OrderedDict, deque
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -62,7 +62,8 @@ __all__ = [
     'NonFiniteWeightsError', 'SafeCheckpointHook', 'find_non_finite_tensors',
     'check_checkpoint_matches_model', 'describe_key_prefixes', 'check_checkpoint_file',
     'describe_checkpoint_directory', 'is_sharded_checkpoint',
-    'find_resume_checkpoint', 'clean_stale_temporary_files'
+    'find_resume_checkpoint', 'clean_stale_temporary_files', 'load_checkpoint_state',
+    'check_checkpoint_compatibility'
 ]
 
 _TYPE_KEY = '__dino_mm_type__'
@@ -494,6 +495,94 @@ def torch_save_bytes(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
+def load_checkpoint_state(path: str, what: str) -> Dict[str, torch.Tensor]:
+    """Read the state dict of a training or backbone checkpoint with a clear error.
+
+    Accepts MMEngine checkpoints (``state_dict``), official DINO teacher dumps
+    (``teacher``), ``model`` dicts and bare state dicts.
+
+    Args:
+        path (str): Checkpoint file.
+        what (str): What the file is for (e.g. ``'model.gram_ckpt'``), used in errors.
+    """
+    if not path or not osp.isfile(str(path)):
+        raise FileNotFoundError(
+            f'{what}: checkpoint file "{path}" does not exist. Point it at the checkpoint '
+            'written by the previous stage (e.g. work_dirs/<stage>/iter_<N>.pth) or run that '
+            'stage first.')
+    ckpt = safe_torch_load(str(path), map_location='cpu')
+    if isinstance(ckpt, Mapping):
+        for key in ('state_dict', 'teacher', 'model'):
+            if isinstance(ckpt.get(key), Mapping):
+                return dict(ckpt[key])
+        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            return dict(ckpt)
+    raise ValueError(f'{what}: "{path}" holds no state dict (expected a dict with '
+                     "'state_dict', 'teacher' or 'model', or a dict of tensors).")
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def check_checkpoint_compatibility(path: str,
+                                   target: Mapping[str, torch.Tensor],
+                                   what: str,
+                                   prefixes: Sequence[str] = ('', ),
+                                   ignore_missing: Sequence[str] = (),
+                                   max_listed: int = 5) -> Dict[str, torch.Tensor]:
+    """Check that checkpoint ``path`` can be loaded strictly into ``target``.
+
+    The first prefix of ``prefixes`` under which the checkpoint holds keys of ``target``
+    is used (e.g. ``'teacher.backbone.'`` to take a backbone out of a training
+    checkpoint). Keys of ``target`` that start with one of ``ignore_missing`` may be
+    absent (e.g. ``gram_teacher.`` when stage 2 starts from a stage-1 checkpoint).
+
+    Args:
+        path (str): Checkpoint file.
+        target (Mapping[str, torch.Tensor]): State dict of the receiving module.
+        what (str): Name of the config entry, for the error message.
+        prefixes (Sequence[str]): Candidate key prefixes in the checkpoint.
+        ignore_missing (Sequence[str]): Target key prefixes that may be missing.
+        max_listed (int): Mismatching keys listed in the error. Defaults to 5.
+
+    Returns:
+        dict: The checkpoint entries, prefix stripped, ready for ``load_state_dict``.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: Missing / unexpected keys or shape mismatches (a few listed).
+    """
+    state = load_checkpoint_state(path, what)
+    chosen, sub = prefixes[0], {}
+    for prefix in prefixes:
+        sub = _strip_prefix(state, prefix)
+        if set(sub) & set(target):
+            chosen = prefix
+            break
+    missing = [k for k in target if k not in sub and not k.startswith(tuple(ignore_missing))]
+    unexpected = [k for k in sub if k not in target]
+    mismatched = [(k, tuple(sub[k].shape), tuple(target[k].shape)) for k in target
+                  if k in sub and tuple(sub[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or mismatched:
+        lines = [f'{what}: checkpoint "{path}" does not match the model'
+                 f'{" (keys under prefix " + repr(chosen) + ")" if chosen else ""}:']
+        if mismatched:
+            lines.append(f'  {len(mismatched)} shape mismatches, e.g. ' + '; '.join(
+                f'{k}: checkpoint {a} vs model {b}' for k, a, b in mismatched[:max_listed]))
+        if missing:
+            lines.append(f'  {len(missing)} keys missing from the checkpoint, e.g. ' +
+                         ', '.join(missing[:max_listed]))
+        if unexpected:
+            lines.append(f'  {len(unexpected)} unexpected keys, e.g. ' +
+                         ', '.join(unexpected[:max_listed]))
+        lines.append('  The previous stage must use the same architecture (embed_dim, depth, '
+                     'heads, patch size, storage tokens, head sizes); fix the config or point '
+                     'at the right file.')
+        raise ValueError('\n'.join(lines))
+    return sub
+
+
 def _load_from_local_safe(filename: str, map_location=None) -> Any:
     global _last_loaded
     checkpoint = safe_torch_load(filename, map_location=map_location)
@@ -503,10 +592,11 @@ def _load_from_local_safe(filename: str, map_location=None) -> Any:
 
 @HOOKS.register_module()
 class PlainCheckpointHook(Hook):
-    """Encode checkpoints as tensors + builtin containers before MMEngine saves them.
+    """Encode checkpoints as tensors + builtin containers before MMEngine saves them, so
+    that every checkpoint loads with ``weights_only=True`` (``--resume`` on torch >= 2.6).
 
-    With this hook (on in ``configs/_base_/default_runtime.py``) every checkpoint loads
-    with ``weights_only=True``, so ``--resume`` works on torch >= 2.6.
+    :class:`SafeCheckpointHook` (every config's ``default_hooks.checkpoint``) does this
+    itself; this hook is for runners whose checkpoint hook is another class.
     """
     priority = 'VERY_LOW'
 
@@ -891,6 +981,9 @@ class SafeCheckpointHook(CheckpointHook):
       ``last_checkpoint`` is replaced atomically, and only then are checkpoints beyond
       ``max_keep_ckpts`` removed: a failed write (disk full) loses nothing, and
       ``last_checkpoint`` always names a complete file.
+    * **Plain files.** The checkpoint is encoded as tensors and builtin containers
+      (:func:`to_plain`, as :class:`PlainCheckpointHook` does) before it is written, so it
+      loads with ``weights_only=True``.
     * **Loads must fit the model.** ``load_from`` / ``--resume`` files that fill less
       than ``min_loaded_fraction`` of the model are refused (MMEngine only warns), and
       a model that is only evaluated (``tools/test.py``) must get every parameter.
@@ -971,6 +1064,16 @@ class SafeCheckpointHook(CheckpointHook):
             f'optimizer state hold NaN or Inf ({listed or "on another rank"}). The loss '
             f'may still be finite: the weights diverged in an update. {what} was NOT '
             f'written and no checkpoint was removed. {resume}')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Encode the checkpoint as tensors and builtin containers (:func:`to_plain`).
+
+        The hook priority is VERY_LOW, so hooks that add entries (e.g. an EMA state) run
+        first and their entries are encoded too.
+        """
+        plain = to_plain(checkpoint)
+        checkpoint.clear()
+        checkpoint.update(plain)
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         filename = self.filename_tmpl.format(step)

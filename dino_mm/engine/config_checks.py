@@ -46,8 +46,14 @@ def _registries() -> list:
     return [v for v in vars(reg).values() if isinstance(v, Registry)]
 
 
-def _resolve_type(type_: Any, scope: Optional[str]) -> List[Any]:
-    """The classes / functions a ``type`` may denote (all registries), [] if unknown."""
+def resolve_type(type_: Any, scope: Optional[str], registries: Optional[list] = None) -> List[Any]:
+    """The classes / functions a config ``type`` may denote, [] if unknown.
+
+    Args:
+        type_: The ``type`` value (a name, possibly scoped, or a class / function).
+        scope (str, optional): The config's ``default_scope``.
+        registries (list, optional): Registries to look in; defaults to all of dino_mm's.
+    """
     if not isinstance(type_, str):
         return [type_] if callable(type_) else []
     import logging
@@ -60,7 +66,7 @@ def _resolve_type(type_: Any, scope: Optional[str]) -> List[Any]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        for registry in _registries():
+        for registry in (_registries() if registries is None else registries):
             try:
                 with registry.switch_scope_and_registry(scope) as r:
                     obj = r.get(type_)
@@ -154,7 +160,7 @@ def _check_key(cfg: Mapping, key: str, value: Any, options: Mapping[str, Any],
             return
         type_, label = _type_label(node, options, parent)
         node_scope = node.get('_scope_', scope)
-        targets = _resolve_type(type_, node_scope)
+        targets = resolve_type(type_, node_scope)
         if not targets:
             return  # unknown type: building it fails with the registry's own message
         accepted: Set[str] = set()

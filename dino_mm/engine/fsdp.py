@@ -23,7 +23,7 @@ import os.path as osp
 import pickle
 import shutil
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import mmengine
 import torch
@@ -315,14 +315,16 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, 'to_local') else t
 
 
-def _param_pairs(model: nn.Module, keys: Optional[Iterable[str]] = None):
-    keys = list(keys) if keys is not None else list(model.student.keys())
-    for key in keys:
-        s_named = dict(model.student[key].named_parameters())
-        for name, t in model.teacher[key].named_parameters():
-            if name not in s_named:
-                raise KeyError(f'teacher.{key}.{name} has no student counterpart.')
-            yield f'{key}.{name}', s_named[name], t
+def _param_pairs(model: nn.Module):
+    """``(name, source, ema)`` parameters of the model's EMA (its ``ema_pairs()``: the
+    student and the teacher in SSL), so the sharded EMA blends what the plain one does."""
+    for source, ema in model.ema_pairs():
+        for key in source:
+            s_named = dict(source[key].named_parameters())
+            for name, t in ema[key].named_parameters():
+                if name not in s_named:
+                    raise KeyError(f'EMA parameter {key}.{name} has no student counterpart.')
+                yield f'{key}.{name}', s_named[name], t
 
 
 def check_identical_sharding(model: nn.Module) -> None:
@@ -344,7 +346,7 @@ def fsdp_update_teacher(model: nn.Module, momentum: float) -> None:
     """
     # FSDP2 roots keep their weights gathered after a forward without backward (the
     # teacher's); put every unit back to its shards so both sides hold local shards.
-    for side in (model.student, model.teacher):
+    for side in {id(m): m for pair in model.ema_pairs() for m in pair}.values():
         for module in side.modules():
             if callable(getattr(module, 'reshard', None)) and hasattr(module, 'unshard'):
                 module.reshard()

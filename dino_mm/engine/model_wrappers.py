@@ -81,8 +81,8 @@ def ensure_dino_ddp_wrapper(cfg) -> bool:
     if not isinstance(model, dict):
         return False
     # the same type lookup the --cfg-options checks use (every registry, the config's scope)
-    from dino_mm.engine.config_checks import _resolve_type
-    classes = _resolve_type(model.get('type', None), cfg.get('default_scope', None))
+    from dino_mm.engine.config_checks import resolve_type
+    classes = resolve_type(model.get('type', None), cfg.get('default_scope', None))
     if not any(callable(getattr(c, 'optimize_losses', None)) for c in classes):
         return False
     cfg.model_wrapper_cfg = dict(

@@ -42,14 +42,6 @@ def ensure_parent_watch_hook(cfg: Config) -> None:
     cfg.custom_hooks = hooks
 
 
-def ensure_plain_checkpoint_hook(cfg: Config) -> None:
-    """Make sure checkpoints are written in the safe format (see engine/checkpoint.py)."""
-    hooks = list(cfg.get('custom_hooks', None) or [])
-    if not any(str(h.get('type', '')).endswith('PlainCheckpointHook') for h in hooks):
-        hooks.append(dict(type='dino_mm.PlainCheckpointHook'))
-    cfg.custom_hooks = hooks
-
-
 def _slurm_env_to_torch_env() -> None:
     """Derive torch.distributed env vars from SLURM ones (as mmengine does for GPUs).
 
@@ -135,16 +127,6 @@ def resolve_auto_resume(cfg: Config) -> Optional[str]:
     return path
 
 
-def _registered_class(registry, type_name):
-    """The class a config ``type`` names, or None when it cannot be looked up."""
-    if isinstance(type_name, type):
-        return type_name
-    try:
-        return registry.get(type_name) if type_name else None
-    except Exception:  # noqa: BLE001 - an unimportable scope: nothing to inspect
-        return None
-
-
 def apply_test_amp(cfg: Config, device_type: Optional[str] = None) -> str:
     """``tools/test.py --amp``: a mixed-precision test loop, frozen-feature backbones too.
 
@@ -169,7 +151,7 @@ def apply_test_amp(cfg: Config, device_type: Optional[str] = None) -> str:
 
     from mmengine.device import get_device
 
-    from dino_mm.engine.config_checks import ConfigError
+    from dino_mm.engine.config_checks import ConfigError, resolve_type
     from dino_mm.registry import LOOPS, MODELS
     from dino_mm.utils.precision import resolve_precision
     device_type = device_type or get_device()
@@ -179,7 +161,8 @@ def apply_test_amp(cfg: Config, device_type: Optional[str] = None) -> str:
         raise ConfigError("--amp turns on test_cfg.fp16, but the config has no test_cfg; "
                           "add test_cfg = dict(type='TestLoop').")
     loop_type = test_cfg.get('type', 'TestLoop')
-    loop_cls = _registered_class(LOOPS, loop_type)
+    scope = cfg.get('default_scope', None)
+    loop_cls = next(iter(resolve_type(loop_type, scope, [LOOPS])), None)
     if loop_cls is not None and \
             'fp16' not in inspect.signature(loop_cls.__init__).parameters:
         raise ConfigError(f'--amp: test_cfg.type={loop_type!r} takes no fp16 argument, so '
@@ -187,7 +170,7 @@ def apply_test_amp(cfg: Config, device_type: Optional[str] = None) -> str:
                           "a loop derived from MMEngine's TestLoop.")
     test_cfg['fp16'] = True
     model = cfg.get('model', None) or {}
-    model_cls = _registered_class(MODELS, model.get('type'))
+    model_cls = next(iter(resolve_type(model.get('type'), scope, [MODELS])), None)
     takes_precision = 'precision' in model or (
         model_cls is not None and 'precision' in inspect.signature(model_cls).parameters)
     if device_type in ('cpu', 'cuda'):

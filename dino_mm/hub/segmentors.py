@@ -246,7 +246,9 @@ def dinov2_vitg14_ade20k_m2f(pretrained: Optional[bool] = None, weights: Optiona
         weights (str, optional): Local segmentor checkpoint path; always loaded.
         backbone_kwargs (dict, optional): Overrides for ``DinoVisionTransformer``.
         adapter_kwargs (dict, optional): Overrides for ``DinoViTAdapter``.
-        feat_channels (int): Mask2Former width. Defaults to 256 (unverified).
+        feat_channels (int): Mask2Former width. Defaults to 256 (mmseg's default; the
+            official value is in the hosted ``dinov2_vitg14_ade20k_m2f_config.py``, which
+            is not in the dinov2 repository and was not read).
         **kwargs: Also forwarded to the ViT (convenience, e.g. ``depth=2``).
 
     Returns:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from dino_mm.engine.checkpoint import (AtomicLocalBackend, CheckpointError,
-                                       NonFiniteWeightsError, PlainCheckpointHook,
+                                       NonFiniteWeightsError,
                                        SafeCheckpointHook,
                                        atomic_torch_save, check_checkpoint_matches_model,
                                        find_non_finite_tensors, safe_torch_load)
@@ -95,8 +95,8 @@ def _runner(work_dir, max_iters, max_keep_ckpts=-1, hooks=(), resume=False):
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1, by_epoch=False,
                                            max_keep_ckpts=max_keep_ckpts)),
-        # PlainCheckpointHook: as tools/train.py adds it, so the files load safely
-        custom_hooks=[PlainCheckpointHook(), *hooks], resume=resume, default_scope='dino_mm',
+        # no PlainCheckpointHook: the checkpoint hook itself writes weights_only files
+        custom_hooks=list(hooks), resume=resume, default_scope='dino_mm',
         log_level='WARNING')
 
 

@@ -1,6 +1,7 @@
 # Pascal VOC 2012 (VOCdevkit/VOC2012 layout): 21 classes incl. background, 255 ignored,
 # palette PNGs in SegmentationClass, splits in ImageSets/Segmentation/{train,val}.txt.
-# (unverified: whether the official DINOv2 VOC heads used the SBD "aug" train set.)
+# Train list: the plain ImageSets/Segmentation/train.txt (no SBD "aug" set), as in public copies
+# of the hosted DINOv2 voc2012 linear config; the hosted file itself was not read.
 custom_imports = dict(imports=['dino_mm.datasets.segmentation'], allow_failed_imports=False)
 dataset_type = 'PascalVOCDataset'
 data_root = 'data/VOCdevkit/VOC2012'

@@ -22,10 +22,10 @@ model = dict(
         channels=256,
         min_depth=1e-3,
         max_depth=10.0,
-        # Loss weights of the official DPT training are not in the repos (unverified):
-        # SigLoss as for the linear heads plus the gradient loss of the official losses module.
+        # SigLoss 1.0 with warm-up + GradientLoss 0.5, as in a public copy of the hosted
+        # dinov2_vitl14_nyu_dpt config (that file is not in the dinov2 repository).
         loss_decode=[
-            dict(type='dino_mm.SigLoss', valid_mask=True, loss_weight=1.0),
+            dict(type='dino_mm.SigLoss', valid_mask=True, loss_weight=1.0, warm_up=True),
             dict(type='dino_mm.GradientLoss', valid_mask=True, loss_weight=0.5),
         ]),
     train_cfg=dict(),

@@ -1,7 +1,9 @@
 # DINOv2 linear / ms segmentation schedule: 40k iterations, 8 GPUs x 2 images,
-# AdamW + linear warmup (1500 iters) + poly decay (power 1). (unverified: lr 1e-3,
-# weight decay 1e-4 and the warmup were read from memory of the hosted mmseg-0.x
-# configs, which cannot be fetched offline.)
+# AdamW lr 1e-3 (0.9, 0.999), wd 1e-4, no gradient clipping, linear warmup over 1500 iters
+# from 1e-6 x lr, then poly decay (power 1) to 0. Source: public copies of the hosted mmseg-0.x
+# linear-head configs (e.g. dinov2_vitb14 ade20k / voc2012 linear, reproduced in
+# Jiawei-Yang/Denoising-ViT evaluation/configs); the hosted files are not in the dinov2
+# repository. Not checked: that the "ms" head configs use the same schedule.
 _base_ = ['./seg_runtime.py']
 optim_wrapper = dict(
     type='OptimWrapper',

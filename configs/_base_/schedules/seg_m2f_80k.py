@@ -1,7 +1,8 @@
 # Mask2Former + ViT-Adapter schedule: mmseg's Mask2Former recipe (AdamW 1e-4, wd 0.05,
-# poly 0.9, grad clip 0.01, no decay on embeddings / norms). (unverified: the official
-# DINOv2-g / DINOv3-7B M2F training length and lr; 80k iterations is a placeholder
-# that follows the ViT-Adapter ADE20K recipe.)
+# poly 0.9, grad clip 0.01, no decay on embeddings / norms). Not the official recipe: the
+# DINOv2-g M2F training config is only hosted next to its weights (not read), and the dinov3
+# repository ships an M2F inference config only, so the official length and lr are unknown;
+# 80k iterations follows the ViT-Adapter ADE20K recipe.
 _base_ = ['./seg_runtime.py']
 embed_multi = dict(lr_mult=1.0, decay_mult=0.0)
 optim_wrapper = dict(

@@ -1,5 +1,5 @@
 # DINOV2 vitg14 frozen, BN + 1x1 conv on the last layer, ade20k.
-# Published mIoU: 49.0 (DINOv2 README, unverified).
+# Published mIoU: none in the DINOv2 README or model card (paper table not checked).
 # Backbone weights: checkpoints/dinov2_vitg14_pretrain.pth (official layout, see dino_mm.hub).
 _base_ = [
     '../../_base_/models/seg_linear.py', '../../_base_/datasets/ade20k.py',

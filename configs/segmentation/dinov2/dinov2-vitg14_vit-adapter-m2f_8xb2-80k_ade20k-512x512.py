@@ -1,5 +1,5 @@
 # DINOV2 vitg14 (frozen) + ViT-Adapter + Mask2Former, ADE20K.
-# Published mIoU: 60.2 (DINOv2 README, ViT-g + Mask2Former, unverified).
+# Published mIoU: 60.2 (DINOv2 paper, frozen ViT-g + ViT-Adapter + M2F).
 # Backbone weights: checkpoints/dinov2_vitg14_pretrain.pth.
 _base_ = [
     '../../_base_/models/seg_m2f.py', '../../_base_/datasets/ade20k.py',

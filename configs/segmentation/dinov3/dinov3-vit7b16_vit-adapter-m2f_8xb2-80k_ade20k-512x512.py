@@ -1,5 +1,5 @@
 # DINOV3 vit7b16 (frozen) + ViT-Adapter + Mask2Former, ADE20K.
-# Published mIoU: 63.0 (DINOv3 paper, 7B + M2F, unverified).
+# Published mIoU: none in the dinov3 README (DINOv3 paper table not checked).
 # Backbone weights: checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth.
 _base_ = [
     '../../_base_/models/seg_m2f.py', '../../_base_/datasets/ade20k.py',

@@ -12,4 +12,4 @@ model = dict(
     decode_head=dict(
         in_channels=[1280], in_index=[0],
         channels=1280, num_classes=150,
-        dropout_ratio=0.1))  # DINOv3 head Dropout2d (unverified rate)
+        dropout_ratio=0.1))  # Dropout2d 0.1: dinov3 eval/segmentation LinearHead

@@ -1,7 +1,8 @@
 # Owned by the area that fills it; keep imports sorted.
-from .gram_hooks import GramTeacherRefreshHook, LossWeightScheduleHook, StageCheckpointHook
+from .gram_hooks import GramTeacherRefreshHook
 from .parent_watch import ParentProcessWatchHook
-from .teacher_hooks import TeacherMomentumHook, TeacherTempHook
+from .stage_hooks import StageCheckpointHook
+from .teacher_hooks import LossWeightScheduleHook, TeacherMomentumHook, TeacherTempHook
 
 __all__ = [
     'GramTeacherRefreshHook', 'LossWeightScheduleHook', 'ParentProcessWatchHook',

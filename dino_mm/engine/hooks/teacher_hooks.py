@@ -1,9 +1,10 @@
-"""Hooks for the teacher schedules of DINO-style self-distillation.
+"""Hooks for the schedules of DINO models that are not optimizer hyper-parameters.
 
-Teacher momentum and temperature are not optimizer hyper-parameters, so MMEngine's
-parameter schedulers cannot drive them; these hooks evaluate the official
-:class:`~dino_mm.engine.schedulers.CosineSchedule` at ``runner.iter`` (the 0-based
-index of the iteration being run, equal to the official ``iteration`` counter).
+Teacher momentum, teacher temperature and the DINOv3 loss weights are not optimizer
+hyper-parameters, so MMEngine's parameter schedulers cannot drive them; these hooks evaluate
+the official schedules (:class:`~dino_mm.engine.schedulers.CosineSchedule`,
+:func:`~dino_mm.engine.schedulers.linear_warmup_cosine_decay`) at ``runner.iter`` (the
+0-based index of the iteration being run, equal to the official ``iteration`` counter).
 """
 from typing import Optional
 
@@ -11,16 +12,20 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from dino_mm.engine.schedulers import CosineSchedule
+from dino_mm.engine.schedulers import CosineSchedule, linear_warmup_cosine_decay
 from dino_mm.registry import HOOKS
 
-__all__ = ['TeacherMomentumHook', 'TeacherTempHook']
+__all__ = ['LossWeightScheduleHook', 'TeacherMomentumHook', 'TeacherTempHook', 'unwrap_model']
 
 DATA_BATCH = Optional[dict]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The algorithm inside a DDP / FSDP model wrapper (the model itself otherwise)."""
     return model.module if is_model_wrapper(model) else model
+
+
+_unwrap = unwrap_model
 
 
 @HOOKS.register_module()
@@ -106,3 +111,61 @@ class TeacherTempHook(Hook):
         temp = self.schedule(runner.iter)
         _unwrap(runner.model).teacher_temp = temp
         runner.message_hub.update_scalar('train/teacher_temp', temp)
+
+
+@HOOKS.register_module()
+class LossWeightScheduleHook(Hook):
+    """Set ``model.<attr>`` before every iteration from ``linear_warmup_cosine_decay``.
+
+    Official uses: ``gram.loss_weight_schedule`` (``attr='gram_loss_weight'``) and
+    ``dino.local_loss_weight_schedule`` with ``reweight_dino_local_loss``
+    (``attr='local_loss_weight'``). The value is logged as ``train/<attr>``.
+
+    Args:
+        attr (str): Model attribute to set.
+        start (float): Warm-up start value.
+        peak (float): Value after the warm-up.
+        end (float): Final value.
+        warmup_iters (int): Warm-up length.
+        cosine_iters (int, optional): Cosine length; ``runner.max_iters - warmup_iters``
+            when None.
+        begin_iter (int): Iterations before this keep ``start`` and the schedule is
+            shifted to begin here. Defaults to 0.
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self,
+                 attr: str,
+                 start: float,
+                 peak: float,
+                 end: float,
+                 warmup_iters: int = 0,
+                 cosine_iters: Optional[int] = None,
+                 begin_iter: int = 0) -> None:
+        self.attr = attr
+        self.start, self.peak, self.end = float(start), float(peak), float(end)
+        self.warmup_iters = int(warmup_iters)
+        self.cosine_iters = cosine_iters
+        self.begin_iter = int(begin_iter)
+
+    def value(self, it: int, max_iters: Optional[int] = None) -> float:
+        """Schedule value at 0-based iteration ``it``."""
+        if it < self.begin_iter:
+            return self.start
+        total = None if max_iters is None else max_iters - self.begin_iter
+        return linear_warmup_cosine_decay(it - self.begin_iter, self.start, self.peak,
+                                          self.end, self.warmup_iters, self.cosine_iters,
+                                          total)
+
+    def before_train(self, runner) -> None:
+        model = _unwrap(runner.model)
+        if not hasattr(model, self.attr):
+            raise AttributeError(f'LossWeightScheduleHook: the model ({type(model).__name__}) '
+                                 f'has no attribute {self.attr!r}; use gram_loss_weight or '
+                                 'local_loss_weight with a dino_mm.DINOv3 model.')
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
+        value = self.value(runner.iter, runner.max_iters)
+        setattr(_unwrap(runner.model), self.attr, value)
+        runner.message_hub.update_scalar(f'train/{self.attr}', value)

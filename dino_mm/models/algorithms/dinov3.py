@@ -6,18 +6,14 @@ prototypes, ``global_ignore_diagonal`` global DINO loss, the v3 loss normalisati
 a mean over global crops times ``n_g``, and an optional frozen *Gram teacher* with the Gram
 anchoring loss.
 
-The module also holds the small pieces the three official stages need besides the model:
-
-* :func:`check_checkpoint_compatibility` — fail before training when a stage points at a
-  missing or incompatible checkpoint (used by the model for ``gram_ckpt`` and by
-  :class:`~dino_mm.engine.hooks.StageCheckpointHook` for ``load_from``).
-
-The high-resolution stage's data pieces (one crop-size triple per batch) live in
+A stage that points at a missing or incompatible checkpoint (``gram_ckpt`` here,
+``load_from`` in :class:`~dino_mm.engine.hooks.StageCheckpointHook`) fails before training,
+through :func:`dino_mm.engine.checkpoint.check_checkpoint_compatibility`. The
+high-resolution stage's data pieces (one crop-size triple per batch) live in
 :mod:`dino_mm.datasets.multi_resolution`.
 """
 import copy
-import os.path as osp
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,101 +21,12 @@ from torch import nn
 
 from dino_mm.registry import MODELS
 from ..losses import KoLeoLossDistributed
+from .base import FrozenModuleDict
 from .dinov2 import DINOv2
 
-__all__ = ['DINOv3', 'check_checkpoint_compatibility', 'load_checkpoint_state']
+__all__ = ['DINOv3']
 
 _TOKENS_USED = ('all', 'masked', 'unmasked')
-
-
-# ---------------------------------------------------------------------------- checkpoints
-def load_checkpoint_state(path: str, what: str) -> Dict[str, torch.Tensor]:
-    """Read the state dict of a training or backbone checkpoint with a clear error.
-
-    Accepts MMEngine checkpoints (``state_dict``), official DINO teacher dumps
-    (``teacher``), ``model`` dicts and bare state dicts.
-
-    Args:
-        path (str): Checkpoint file.
-        what (str): What the file is for (e.g. ``'model.gram_ckpt'``), used in errors.
-    """
-    from dino_mm.engine.checkpoint import safe_torch_load
-    if not path or not osp.isfile(str(path)):
-        raise FileNotFoundError(
-            f'{what}: checkpoint file "{path}" does not exist. Point it at the checkpoint '
-            'written by the previous stage (e.g. work_dirs/<stage>/iter_<N>.pth) or run that '
-            'stage first.')
-    ckpt = safe_torch_load(str(path), map_location='cpu')
-    if isinstance(ckpt, Mapping):
-        for key in ('state_dict', 'teacher', 'model'):
-            if isinstance(ckpt.get(key), Mapping):
-                return dict(ckpt[key])
-        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return dict(ckpt)
-    raise ValueError(f'{what}: "{path}" holds no state dict (expected a dict with '
-                     "'state_dict', 'teacher' or 'model', or a dict of tensors).")
-
-
-def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def check_checkpoint_compatibility(path: str,
-                                   target: Mapping[str, torch.Tensor],
-                                   what: str,
-                                   prefixes: Sequence[str] = ('', ),
-                                   ignore_missing: Sequence[str] = (),
-                                   max_listed: int = 5) -> Dict[str, torch.Tensor]:
-    """Check that checkpoint ``path`` can be loaded strictly into ``target``.
-
-    The first prefix of ``prefixes`` under which the checkpoint holds keys of ``target``
-    is used (e.g. ``'teacher.backbone.'`` to take a backbone out of a training
-    checkpoint). Keys of ``target`` that start with one of ``ignore_missing`` may be
-    absent (e.g. ``gram_teacher.`` when stage 2 starts from a stage-1 checkpoint).
-
-    Args:
-        path (str): Checkpoint file.
-        target (Mapping[str, torch.Tensor]): State dict of the receiving module.
-        what (str): Name of the config entry, for the error message.
-        prefixes (Sequence[str]): Candidate key prefixes in the checkpoint.
-        ignore_missing (Sequence[str]): Target key prefixes that may be missing.
-        max_listed (int): Mismatching keys listed in the error. Defaults to 5.
-
-    Returns:
-        dict: The checkpoint entries, prefix stripped, ready for ``load_state_dict``.
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: Missing / unexpected keys or shape mismatches (a few listed).
-    """
-    state = load_checkpoint_state(path, what)
-    chosen, sub = prefixes[0], {}
-    for prefix in prefixes:
-        sub = _strip(state, prefix)
-        if set(sub) & set(target):
-            chosen = prefix
-            break
-    missing = [k for k in target if k not in sub and not k.startswith(tuple(ignore_missing))]
-    unexpected = [k for k in sub if k not in target]
-    mismatched = [(k, tuple(sub[k].shape), tuple(target[k].shape)) for k in target
-                  if k in sub and tuple(sub[k].shape) != tuple(target[k].shape)]
-    if missing or unexpected or mismatched:
-        lines = [f'{what}: checkpoint "{path}" does not match the model'
-                 f'{" (keys under prefix " + repr(chosen) + ")" if chosen else ""}:']
-        if mismatched:
-            lines.append(f'  {len(mismatched)} shape mismatches, e.g. ' + '; '.join(
-                f'{k}: checkpoint {a} vs model {b}' for k, a, b in mismatched[:max_listed]))
-        if missing:
-            lines.append(f'  {len(missing)} keys missing from the checkpoint, e.g. ' +
-                         ', '.join(missing[:max_listed]))
-        if unexpected:
-            lines.append(f'  {len(unexpected)} unexpected keys, e.g. ' +
-                         ', '.join(unexpected[:max_listed]))
-        lines.append('  The previous stage must use the same architecture (embed_dim, depth, '
-                     'heads, patch size, storage tokens, head sizes); fix the config or point '
-                     'at the right file.')
-        raise ValueError('\n'.join(lines))
-    return sub
 
 
 # ---------------------------------------------------------------------------- model
@@ -134,7 +41,8 @@ def _v3_head(cfg: Union[dict, nn.Module, None]) -> Union[dict, nn.Module, None]:
 class DINOv3(DINOv2):
     """DINOv3 student / EMA teacher / optional Gram teacher with the DINOv3 losses.
 
-    ``loss()`` takes the :func:`~dino_mm.datasets.dino_collate` output (plus
+    ``loss()`` (inherited: prepare, teacher, :meth:`compute_losses`) takes the
+    :func:`~dino_mm.datasets.dino_collate` output (plus
     ``collated_gram_teacher_crops`` when the transform makes Gram crops) and returns the
     weighted summands ``dino_local_crops_loss``, ``dino_global_crops_loss``,
     ``koleo_loss``, ``ibot_loss`` and ``gram_loss``; their sum is the official total.
@@ -148,10 +56,11 @@ class DINOv3(DINOv2):
     patch loss times ``ibot_loss_weight`` (no extra factor). The teacher targets are not
     crop-swapped: pairs are chosen explicitly.
 
-    Gram anchoring (docs/reference.md §4.2): when ``gram_loss`` is set, a frozen ``gram_teacher``
-    (``nn.ModuleDict(backbone=...)``, a copy of the teacher backbone) sees the Gram crops
-    (or the global crops), its ``x_norm_patchtokens`` are resized (bicubic, no antialias)
-    to the student patch grid when the Gram crops are larger, and
+    Gram anchoring (docs/reference.md §4.2): when ``gram_loss`` is set, a frozen
+    ``gram_teacher`` (a :class:`FrozenModuleDict` ``(backbone=...)``, a copy of the teacher
+    backbone) sees the Gram crops (or the global crops), its ``x_norm_patchtokens`` are
+    resized (bicubic, no antialias) to the student patch grid when the Gram crops are
+    larger, and
     ``gram_loss_weight * GramLoss(student global x_norm_patchtokens, teacher tokens)`` is
     added. The Gram teacher comes from ``gram_ckpt`` (loaded in :meth:`init_weights`) or
     from the EMA teacher (copied in :meth:`init_weights`, or by
@@ -205,6 +114,9 @@ class DINOv3(DINOv2):
 
     head_local_first = False  # the official DINOv3 head call: global, local, patches
 
+    #: iBOT masks the student's global crops (SSL); distillation shows them unmasked.
+    mask_student_globals = True
+
     def __init__(self,
                  backbone: Union[dict, nn.Module],
                  dino_head: dict,
@@ -256,21 +168,10 @@ class DINOv3(DINOv2):
         self.use_gram = gram_loss is not None
         if self.use_gram:
             self.gram_loss = MODELS.build(dict(dict(type='dino_mm.GramLoss'), **gram_loss))
-            self.gram_teacher = nn.ModuleDict(
+            self.gram_teacher = FrozenModuleDict(
                 dict(backbone=copy.deepcopy(self.teacher.backbone)))
-            for param in self.gram_teacher.parameters():
-                param.requires_grad = False
-            self.gram_teacher.eval()
 
     # ------------------------------------------------------------------ gram teacher
-    def train(self, mode: bool = True) -> 'DINOv3':
-        """Switch the student's mode; teacher and Gram teacher stay in eval mode."""
-        super().train(mode)
-        if self.use_gram:
-            # Eval mode also switches off the RoPE train-time coordinate augmentation.
-            self.gram_teacher.eval()
-        return self
-
     @torch.no_grad()
     def refresh_gram_teacher(self) -> None:
         """Copy the EMA teacher backbone into the Gram teacher (official refresh)."""
@@ -287,6 +188,7 @@ class DINOv3(DINOv2):
             path (str): Training checkpoint of the previous stage or a backbone file.
             prefix (str, optional): Key prefix in the file; see ``gram_ckpt_prefix``.
         """
+        from dino_mm.engine.checkpoint import check_checkpoint_compatibility
         prefixes = ((prefix, ) if prefix is not None else
                     ('teacher.backbone.', 'gram_teacher.backbone.', 'backbone.', ''))
         state = check_checkpoint_compatibility(
@@ -312,17 +214,16 @@ class DINOv3(DINOv2):
         return local_terms / total, global_terms / total
 
     @torch.no_grad()
-    def teacher_targets(self, global_crops: torch.Tensor, mask_indices_list: torch.Tensor,
-                        n_masked_patches: torch.Tensor):
-        """Teacher targets: DINO (n_g, B, K) in crop order and iBOT (M, K_ibot)."""
-        teacher_dino, teacher_ibot = self._teacher_targets(global_crops, mask_indices_list,
-                                                           n_masked_patches)
-        if teacher_dino is not None:
-            # The DINOv2 helper swaps the two crop halves for its loss; DINOv3 picks pairs
-            # explicitly (ignore_diagonal), so restore crop order. Both centerings treat
-            # samples symmetrically, so the swap does not change the targets themselves.
-            teacher_dino = teacher_dino.flip(0)
-        return teacher_dino, teacher_ibot
+    def teacher_output(self, inputs: Dict[str, Any]) -> Dict[str, Optional[torch.Tensor]]:
+        """The teacher's DINO / iBOT targets and, with Gram anchoring, ``gram``: the Gram
+        teacher's patch tokens on the Gram crops (or the global crops) at the student's
+        patch grid."""
+        targets = super().teacher_output(inputs)
+        if self.use_gram:
+            global_crops = inputs['global_crops']
+            gram_crops = global_crops if inputs['gram_crops'] is None else inputs['gram_crops']
+            targets['gram'] = self.gram_targets(gram_crops, self._student_grid(global_crops))
+        return targets
 
     @torch.no_grad()
     def gram_targets(self, gram_crops: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -354,42 +255,23 @@ class DINOv3(DINOv2):
         return self.gram_loss(student_patches[select], teacher_patches[select],
                               img_level=False)
 
-    def student_losses(self,
-                       global_crops: torch.Tensor,
-                       local_crops: Optional[torch.Tensor],
-                       masks: torch.Tensor,
-                       mask_indices_list: torch.Tensor,
-                       masks_weight: torch.Tensor,
-                       teacher_dino: Optional[torch.Tensor],
-                       teacher_ibot: Optional[torch.Tensor],
-                       gram_teacher_patches: Optional[torch.Tensor] = None,
-                       mask_student_globals: bool = True) -> Dict[str, torch.Tensor]:
-        """Student forward and the weighted DINOv3 loss terms for given teacher targets.
+    def compute_losses(self, inputs: Dict[str, Any],
+                       targets: Dict[str, Optional[torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """Student forward and the weighted DINOv3 loss terms for the teacher's ``targets``
+        (``dino`` (n_g, B, K), ``ibot`` (M, K_ibot), optional ``gram`` (n_g*B, P, D)).
 
-        Split out of :meth:`loss` so distillation models can feed one teacher's targets to
-        several students.
-
-        Args:
-            global_crops (torch.Tensor): (n_g*B, 3, H, W) crop-major.
-            local_crops (torch.Tensor, optional): (n_l*B, 3, h, w) or None.
-            masks (torch.Tensor): (n_g*B, P) bool iBOT masks.
-            mask_indices_list (torch.Tensor): Flat indices of the masked tokens.
-            masks_weight (torch.Tensor): Per masked token weight.
-            teacher_dino (torch.Tensor, optional): (n_g, B, K) DINO targets.
-            teacher_ibot (torch.Tensor, optional): (M, K_ibot) iBOT targets.
-            gram_teacher_patches (torch.Tensor, optional): (n_g*B, P, D) Gram targets.
-            mask_student_globals (bool): Apply the masks to the student global crops
-                (SSL) or not (official distillation). Defaults to True.
+        Also what :class:`~dino_mm.models.algorithms.MultiDistillation` calls on each student
+        with the shared teacher's targets.
         """
         n_g = self.n_global_crops
-        batch_size = global_crops.shape[0] // n_g
-        n_l = 0 if local_crops is None else local_crops.shape[0] // batch_size
-        student_masks = masks if mask_student_globals else None
-        student = self.student_forward(global_crops, local_crops, student_masks,
+        batch_size, n_l = inputs['batch_size'], inputs['n_local']
+        masks, mask_indices_list = inputs['masks'], inputs['mask_indices_list']
+        teacher_dino = targets['dino']
+        student = self.student_forward(inputs['global_crops'], inputs['local_crops'],
+                                       masks if self.mask_student_globals else None,
                                        mask_indices_list)
         s_global = student['global_tokens']
         s_global_cls = s_global['x_norm_clstoken']
-        s_patch_head = student['patch_head']
 
         losses: Dict[str, torch.Tensor] = {}
         if self.do_dino:
@@ -408,43 +290,15 @@ class DINOv3(DINOv2):
                 losses['koleo_loss'] = self.koleo_loss_weight * n_g * koleo
         if self.do_ibot:
             ibot = self.ibot_patch_loss.forward_masked(
-                s_patch_head, teacher_ibot, student_masks_flat=masks,
-                n_masked_patches=mask_indices_list.shape[0], masks_weight=masks_weight)
+                student['patch_head'], targets['ibot'], student_masks_flat=masks,
+                n_masked_patches=mask_indices_list.shape[0],
+                masks_weight=inputs['masks_weight'])
             losses['ibot_loss'] = self.ibot_loss_weight * ibot
-        if gram_teacher_patches is not None:
-            gram = self.compute_gram_loss(s_global['x_norm_patchtokens'], gram_teacher_patches,
-                                          masks)
+        if targets.get('gram') is not None:
+            gram = self.compute_gram_loss(s_global['x_norm_patchtokens'], targets['gram'], masks)
             losses['gram_loss'] = self.gram_loss_weight * gram
         return losses
 
     def _student_grid(self, global_crops: torch.Tensor) -> Tuple[int, int]:
         patch = self.student.backbone.patch_size
         return global_crops.shape[-2] // patch, global_crops.shape[-1] // patch
-
-    def loss(self,
-             collated_global_crops: torch.Tensor,
-             collated_masks: torch.Tensor,
-             mask_indices_list: torch.Tensor,
-             masks_weight: torch.Tensor,
-             n_masked_patches: torch.Tensor,
-             collated_local_crops: Optional[torch.Tensor] = None,
-             upperbound: Optional[int] = None,
-             collated_gram_teacher_crops: Optional[torch.Tensor] = None,
-             **unused) -> Dict[str, torch.Tensor]:
-        """Official DINOv3 iteration loss (inputs as in :meth:`DINOv2.loss`).
-
-        Args:
-            collated_gram_teacher_crops (torch.Tensor, optional): (n_g*B, 3, H', W') Gram
-                crops; the global crops are used when absent.
-        """
-        global_crops, local_crops, masks, mask_indices_list = self._prepare_inputs(
-            collated_global_crops, collated_local_crops, collated_masks, mask_indices_list)
-        teacher_dino, teacher_ibot = self.teacher_targets(global_crops, mask_indices_list,
-                                                          n_masked_patches)
-        gram_patches = None
-        if self.use_gram:
-            gram_crops = (global_crops if collated_gram_teacher_crops is None else
-                          collated_gram_teacher_crops.to(global_crops.dtype))
-            gram_patches = self.gram_targets(gram_crops, self._student_grid(global_crops))
-        return self.student_losses(global_crops, local_crops, masks, mask_indices_list,
-                                   masks_weight, teacher_dino, teacher_ibot, gram_patches)

@@ -8,30 +8,28 @@
   students of different sizes trained in one job; the teacher runs once per batch and its
   targets feed every student.
 """
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
-from mmengine.model import BaseModel
-from mmengine.optim import OptimWrapper
 from torch import nn
 
 from dino_mm.registry import MODELS
 from ..losses import DINOLoss, iBOTPatchLoss
-from .dinov2 import _build, clip_grad_per_module, unscale_amp_grads
-from .dinov3 import DINOv3, _v3_head, check_checkpoint_compatibility
-from .optimization import SSLOptimizationMixin
+from .base import FrozenModuleDict, SSLMetaArch
+from .dinov2 import _build
+from .dinov3 import DINOv3, _v3_head
 
-__all__ = ['DINOv3Distillation', 'MultiDistillation', 'build_frozen_teacher']
+__all__ = ['DINOv3Distillation', 'MultiDistillation', 'build_frozen_teacher',
+           'check_teacher_compatibility']
 
 
-def build_frozen_teacher(teacher: dict, teacher_ckpt: Optional[str] = None,
-                         what: str = 'teacher') -> nn.ModuleDict:
-    """Build ``ModuleDict(backbone, dino_head[, ibot_head])`` with frozen parameters.
+def build_frozen_teacher(teacher: dict, what: str = 'teacher') -> FrozenModuleDict:
+    """Build the frozen teacher component ``(backbone, dino_head[, ibot_head])``.
 
     Args:
         teacher (dict): ``dict(backbone=..., dino_head=..., ibot_head=...)`` configs, as in
             the teacher's own pretraining config (official ``distillation.full_cfg_path``).
-        teacher_ckpt (str, optional): Loaded later by :func:`load_frozen_teacher`.
+            Its weights come from a checkpoint (:func:`load_frozen_teacher`).
         what (str): Name used in errors.
     """
     if not isinstance(teacher, dict) or 'backbone' not in teacher or 'dino_head' not in teacher:
@@ -45,14 +43,12 @@ def build_frozen_teacher(teacher: dict, teacher_ckpt: Optional[str] = None,
     if teacher.get('ibot_head') is not None:
         modules['ibot_head'] = _build(_v3_head(teacher['ibot_head']), f'{what}.ibot_head',
                                       **head_defaults)
-    module = nn.ModuleDict(modules)
-    for param in module.parameters():
-        param.requires_grad = False
-    return module.eval()
+    return FrozenModuleDict(modules)
 
 
 def load_frozen_teacher(module: nn.ModuleDict, path: str, what: str) -> None:
     """Load a teacher training checkpoint (``teacher.*`` keys, or bare ModuleDict keys)."""
+    from dino_mm.engine.checkpoint import check_checkpoint_compatibility
     state = check_checkpoint_compatibility(path, module.state_dict(), what,
                                            prefixes=('teacher.', ''))
     module.load_state_dict(state, strict=True)
@@ -60,6 +56,30 @@ def load_frozen_teacher(module: nn.ModuleDict, path: str, what: str) -> None:
 
 def _head_out_dim(head: nn.Module) -> int:
     return head.last_layer.out_features if hasattr(head.last_layer, 'out_features') else -1
+
+
+def check_teacher_compatibility(student: 'DINOv3Distillation', teacher: nn.ModuleDict,
+                                name: str = 'DINOv3Distillation') -> None:
+    """Refuse a student that cannot learn from ``teacher``: head sizes (the student predicts
+    the teacher's prototypes) and patch size (the iBOT masks index both token grids)."""
+    pairs = [('dino_head', 'dino_head')]
+    if student.ibot_separate_head:
+        if 'ibot_head' not in teacher:
+            raise KeyError(f'{name}: the student has an ibot_head but the teacher config has '
+                           'none; add teacher.ibot_head.')
+        pairs.append(('ibot_head', 'ibot_head'))
+    for s_key, t_key in pairs:
+        s_dim = _head_out_dim(student.student[s_key])
+        t_dim = _head_out_dim(teacher[t_key])
+        if s_dim != t_dim:
+            raise ValueError(f'{name}: student {s_key}.out_dim ({s_dim}) must equal the teacher '
+                             f"{t_key}.out_dim ({t_dim}); the student predicts the teacher's "
+                             'prototypes.')
+    s_patch = student.student.backbone.patch_size
+    t_patch = teacher.backbone.patch_size
+    if s_patch != t_patch:
+        raise ValueError(f'{name}: student patch size {s_patch} differs from the teacher patch '
+                         f'size {t_patch}; iBOT masks index both token grids.')
 
 
 @MODELS.register_module()
@@ -83,9 +103,12 @@ class DINOv3Distillation(DINOv3):
             None keeps the randomly initialised teacher (tests only).
         ibot_head (dict, optional): Student iBOT head.
         external_teacher (bool): Build no teacher; targets are passed to
-            :meth:`student_losses` by a :class:`MultiDistillation` owner. Defaults to False.
+            :meth:`compute_losses` by a :class:`MultiDistillation` owner. Defaults to False.
         **kwargs: :class:`DINOv3` arguments (Gram anchoring is not supported here).
     """
+
+    ema_name = 'student_ema'  # `teacher` is the frozen pretrained model
+    mask_student_globals = False  # official distillation: unmasked student global crops
 
     def __init__(self,
                  backbone: Union[dict, nn.Module],
@@ -98,10 +121,6 @@ class DINOv3Distillation(DINOv3):
         if kwargs.get('gram_loss') is not None:
             raise ValueError('DINOv3Distillation does not use Gram anchoring; remove gram_loss.')
         super().__init__(backbone=backbone, dino_head=dino_head, ibot_head=ibot_head, **kwargs)
-        # The DINOv2 constructor built `teacher` as a student copy: that is the student EMA.
-        ema = self.teacher
-        del self.teacher
-        self.student_ema = ema
         self.teacher_ckpt = teacher_ckpt
         self.external_teacher = external_teacher
         if external_teacher:
@@ -110,95 +129,26 @@ class DINOv3Distillation(DINOv3):
         if teacher is None:
             raise KeyError('DINOv3Distillation needs `teacher` (backbone / dino_head / '
                            'ibot_head configs of the pretrained teacher).')
-        self.teacher = build_frozen_teacher(teacher, teacher_ckpt)
-        self._check_teacher_compat()
-
-    def _check_teacher_compat(self) -> None:
-        pairs = [('dino_head', 'dino_head')]
-        if self.ibot_separate_head:
-            if 'ibot_head' not in self.teacher:
-                raise KeyError('DINOv3Distillation: the student has an ibot_head but the teacher '
-                               'config has none; add teacher.ibot_head.')
-            pairs.append(('ibot_head', 'ibot_head'))
-        for s_key, t_key in pairs:
-            s_dim = _head_out_dim(self.student[s_key])
-            t_dim = _head_out_dim(self.teacher[t_key])
-            if s_dim != t_dim:
-                raise ValueError(f'DINOv3Distillation: student {s_key}.out_dim ({s_dim}) must '
-                                 f'equal the teacher {t_key}.out_dim ({t_dim}); the student '
-                                 "predicts the teacher's prototypes.")
-        s_patch = self.student.backbone.patch_size
-        t_patch = self.teacher.backbone.patch_size
-        if s_patch != t_patch:
-            raise ValueError(f'DINOv3Distillation: student patch size {s_patch} differs from the '
-                             f'teacher patch size {t_patch}; iBOT masks index both token grids.')
-
-    # The DINOv2 helpers work on `self.teacher`; in distillation the EMA lives elsewhere.
-    def _copy_student_to_teacher(self) -> None:
-        target = getattr(self, 'student_ema', None)
-        if target is None:  # during DINOv2.__init__, `teacher` is still the EMA copy
-            target = self.teacher
-        for key in self.student:
-            target[key].load_state_dict(self.student[key].state_dict(), strict=True)
-
-    def train(self, mode: bool = True) -> 'DINOv3Distillation':
-        nn.Module.train(self, mode)
-        if getattr(self, 'student_ema', None) is not None:
-            self.student_ema.eval()
-        if getattr(self, 'teacher', None) is not None:
-            self.teacher.eval()
-        return self
+        self.teacher = build_frozen_teacher(teacher)
+        check_teacher_compatibility(self, self.teacher)
 
     def init_weights(self) -> None:
-        """Initialise the student (EMA = copy), then load the frozen teacher."""
-        teacher = self.teacher
-        # Keep BaseModule.init_weights away from the frozen teacher (re-initialising a
-        # 7B backbone only to overwrite it is slow).
-        self.teacher = None
-        try:
-            super().init_weights()
-        finally:
-            self.teacher = teacher
+        """Initialise the student (its EMA = a copy), then load the frozen teacher."""
+        super().init_weights()
         if self.teacher is not None and self.teacher_ckpt:
             load_frozen_teacher(self.teacher, self.teacher_ckpt, 'model.teacher_ckpt')
 
-    def ema_pairs(self) -> List[tuple]:
-        """The student into ``student_ema`` (the distillation teacher is frozen)."""
-        return [(self.student, self.student_ema)]
-
     @torch.no_grad()
-    def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Normalised class tokens of the student EMA backbone, (B, D)."""
-        inputs = inputs.to(self._param_dtype())
-        return self.student_ema.backbone.forward_features(inputs)['x_norm_clstoken']
-
-    def teacher_backbone_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Student-EMA backbone weights (what is evaluated and released)."""
-        return {k: v.detach().clone() for k, v in self.student_ema.backbone.state_dict().items()}
-
-    def loss(self,
-             collated_global_crops: torch.Tensor,
-             collated_masks: torch.Tensor,
-             mask_indices_list: torch.Tensor,
-             masks_weight: torch.Tensor,
-             n_masked_patches: torch.Tensor,
-             collated_local_crops: Optional[torch.Tensor] = None,
-             **unused) -> Dict[str, torch.Tensor]:
-        """DINOv3 losses of the student against the frozen teacher's targets."""
-        if self.external_teacher:
+    def teacher_output(self, inputs: Dict[str, Any]) -> Dict[str, Optional[torch.Tensor]]:
+        """The frozen teacher's targets (see :meth:`SSLMetaArch.teacher_output`)."""
+        if self.teacher is None:
             raise RuntimeError('DINOv3Distillation(external_teacher=True) gets its targets '
-                               'from a MultiDistillation model; call student_losses().')
-        global_crops, local_crops, masks, mask_indices_list = self._prepare_inputs(
-            collated_global_crops, collated_local_crops, collated_masks, mask_indices_list)
-        teacher_dino, teacher_ibot = self.teacher_targets(global_crops, mask_indices_list,
-                                                          n_masked_patches)
-        return self.student_losses(global_crops, local_crops, masks, mask_indices_list,
-                                   masks_weight, teacher_dino, teacher_ibot,
-                                   mask_student_globals=False)
+                               'from a MultiDistillation model; call compute_losses().')
+        return super().teacher_output(inputs)
 
 
 @MODELS.register_module()
-class MultiDistillation(SSLOptimizationMixin, BaseModel):
+class MultiDistillation(SSLMetaArch):
     """DINOv3 multi-distillation: one frozen teacher, several students, one teacher pass.
 
     Every iteration the teacher backbone and heads run **once** on the global crops;
@@ -232,8 +182,6 @@ class MultiDistillation(SSLOptimizationMixin, BaseModel):
         init_cfg (dict, optional): MMEngine init config.
     """
 
-    n_global_crops = 2
-
     def __init__(self,
                  teacher: dict,
                  students: Dict[str, dict],
@@ -244,17 +192,12 @@ class MultiDistillation(SSLOptimizationMixin, BaseModel):
                  clip_grad: Optional[float] = 3.0,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        super().__init__(centering=centering, teacher_temp=teacher_temp, clip_grad=clip_grad,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if not students:
             raise ValueError('MultiDistillation needs at least one student in `students`.')
-        if centering not in ('centering', 'sinkhorn_knopp'):
-            raise ValueError("MultiDistillation: centering must be 'centering' or "
-                             f"'sinkhorn_knopp', got {centering!r}.")
-        self.centering = centering
-        self.teacher_temp = teacher_temp
         self.teacher_ckpt = teacher_ckpt
-        self.clip_grad = clip_grad
-        self.teacher = build_frozen_teacher(teacher, teacher_ckpt)
+        self.teacher = build_frozen_teacher(teacher)
         self.teacher_forward_calls = 0
         built = {}
         for name, cfg in students.items():
@@ -270,15 +213,12 @@ class MultiDistillation(SSLOptimizationMixin, BaseModel):
                                  'per-rank KoLeo only (as the official recipe). Remove it.')
             cfg.update(external_teacher=True, centering=centering, clip_grad=clip_grad)
             student = DINOv3Distillation(**cfg)
-            # Check head sizes / patch size against the shared teacher.
-            student.teacher = self.teacher
-            try:
-                student._check_teacher_compat()
-            finally:
-                student.teacher = None
+            check_teacher_compatibility(student, self.teacher,
+                                        f'MultiDistillation student {name!r}')
             built[name] = student
         self.students = nn.ModuleDict(built)
         first = next(iter(built.values()))
+        self.do_dino = first.do_dino
         self.do_ibot = first.do_ibot
         self.ibot_separate_head = 'ibot_head' in self.teacher
         dino_dim = _head_out_dim(self.teacher.dino_head)
@@ -287,7 +227,6 @@ class MultiDistillation(SSLOptimizationMixin, BaseModel):
         # Shared target makers (their centers are the teacher's, common to all students).
         self.dino_loss = DINOLoss(dino_dim, center_momentum=center_momentum)
         self.ibot_patch_loss = iBOTPatchLoss(ibot_dim, center_momentum=center_momentum)
-        self.teacher.eval()
 
     @property
     def local_loss_weight(self) -> float:
@@ -298,10 +237,13 @@ class MultiDistillation(SSLOptimizationMixin, BaseModel):
         for student in self.students.values():
             student.local_loss_weight = value
 
-    def train(self, mode: bool = True) -> 'MultiDistillation':
-        super().train(mode)
-        self.teacher.eval()
-        return self
+    def trained_students(self) -> List[Tuple[str, nn.ModuleDict]]:
+        """Every student's module dict, its log keys prefixed by the student's name."""
+        return [(f'{name}.', s.student) for name, s in self.students.items()]
+
+    def ema_pairs(self) -> List[Tuple[nn.ModuleDict, nn.ModuleDict]]:
+        """Each student into its own ``student_ema``."""
+        return [pair for s in self.students.values() for pair in s.ema_pairs()]
 
     def init_weights(self) -> None:
         """Initialise every student, then load the frozen teacher from ``teacher_ckpt``."""
@@ -311,82 +253,21 @@ class MultiDistillation(SSLOptimizationMixin, BaseModel):
             load_frozen_teacher(self.teacher, self.teacher_ckpt, 'model.teacher_ckpt')
 
     @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """EMA update of every student's ``student_ema``."""
-        for student in self.students.values():
-            student.update_teacher(momentum)
-
-    def forward(self, inputs: Optional[torch.Tensor] = None, data_samples=None,
-                mode: str = 'tensor', **batch):
-        """``mode='loss'`` takes the collate keys; ``mode='tensor'`` returns a dict of
-        student-EMA class tokens per student name."""
-        if mode == 'loss':
-            return self.loss(**batch)
-        if mode == 'tensor':
-            if inputs is None:
-                raise ValueError("MultiDistillation(mode='tensor') needs `inputs`.")
-            return {name: s.extract_feat(inputs) for name, s in self.students.items()}
-        raise ValueError(f"MultiDistillation supports mode='loss' and 'tensor', got {mode!r}.")
+    def extract_feat(self, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Student-EMA class tokens, one (B, D) tensor per student name."""
+        return {name: s.extract_feat(inputs) for name, s in self.students.items()}
 
     @torch.no_grad()
-    def teacher_targets(self, global_crops: torch.Tensor, mask_indices_list: torch.Tensor,
-                        n_masked_patches: torch.Tensor):
-        """One teacher pass: DINO targets (n_g, B, K) in crop order and iBOT targets (M, K)."""
+    def teacher_output(self, inputs: Dict[str, Any]) -> Dict[str, Optional[torch.Tensor]]:
+        """One teacher pass per batch; its targets feed every student."""
         self.teacher_forward_calls += 1
-        n_g = self.n_global_crops
-        out = self.teacher.backbone.forward_features(global_crops)
-        t_cls = out['x_norm_clstoken']
-        t_patch = out['x_norm_patchtokens'].flatten(0, 1).index_select(0, mask_indices_list)
-        if self.ibot_separate_head:
-            t_cls_head = self.teacher.dino_head(t_cls)
-            t_patch_head = self.teacher.ibot_head(t_patch)
-        else:
-            tokens = self.teacher.dino_head(torch.cat((t_cls, t_patch)))
-            t_cls_head, t_patch_head = tokens[:t_cls.shape[0]], tokens[t_cls.shape[0]:]
-        temp = self.teacher_temp
-        if self.centering == 'sinkhorn_knopp':
-            dino = self.dino_loss.sinkhorn_knopp_teacher(t_cls_head, temp)
-            ibot = self.ibot_patch_loss.sinkhorn_knopp_teacher(
-                t_patch_head, temp, n_masked_patches_tensor=n_masked_patches)
-        else:
-            dino = self.dino_loss.softmax_center_teacher(t_cls_head, temp)
-            self.dino_loss.update_center(t_cls_head)
-            ibot = self.ibot_patch_loss.softmax_center_teacher(t_patch_head.unsqueeze(0),
-                                                               temp).squeeze(0)
-            if t_patch_head.shape[0] > 0:
-                self.ibot_patch_loss.update_center(t_patch_head.unsqueeze(0))
-        return dino.view(n_g, -1, dino.shape[-1]), ibot
+        return super().teacher_output(inputs)
 
-    def loss(self,
-             collated_global_crops: torch.Tensor,
-             collated_masks: torch.Tensor,
-             mask_indices_list: torch.Tensor,
-             masks_weight: torch.Tensor,
-             n_masked_patches: torch.Tensor,
-             collated_local_crops: Optional[torch.Tensor] = None,
-             **unused) -> Dict[str, torch.Tensor]:
-        """Teacher once, then the DINOv3 losses of every student (prefixed by its name)."""
-        first = next(iter(self.students.values()))
-        global_crops, local_crops, masks, mask_indices_list = first._prepare_inputs(
-            collated_global_crops, collated_local_crops, collated_masks, mask_indices_list)
-        teacher_dino, teacher_ibot = self.teacher_targets(
-            global_crops.to(next(self.teacher.parameters()).dtype), mask_indices_list,
-            n_masked_patches)
+    def compute_losses(self, inputs: Dict[str, Any],
+                       targets: Dict[str, Optional[torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        """The DINOv3 losses of every student, prefixed by its name."""
         losses: Dict[str, torch.Tensor] = {}
         for name, student in self.students.items():
-            terms = student.student_losses(global_crops, local_crops, masks, mask_indices_list,
-                                           masks_weight, teacher_dino, teacher_ibot,
-                                           mask_student_globals=False)
+            terms = student.compute_losses(inputs, targets)
             losses.update({f'{name}.{k}': v for k, v in terms.items()})
         return losses
-
-    def clip_gradients(self, optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
-        """Unscale AMP gradients, then clip each student's sub-modules separately."""
-        if not self.clip_grad:
-            return {}
-        unscale_amp_grads(optim_wrapper)
-        norms = {}
-        for name, student in self.students.items():
-            norms.update(clip_grad_per_module(student.student.items(), self.clip_grad,
-                                              prefix=f'{name}.'))
-        return norms

@@ -3,9 +3,9 @@
 The official loops do, per iteration: forward -> a finite check of the total loss ->
 backward -> gradient clipping of each student sub-module separately (after AMP unscaling)
 -> optimizer step. MMEngine's ``OptimWrapper.update_params`` has no per-module clipping and
-no finite stop, so the algorithms implement the step themselves: :class:`DINOv2` (and so
-DINOv3 and the distillation model, which inherit it) and :class:`MultiDistillation` mix this
-class in, and only say *which* modules are clipped (:meth:`clip_gradients`). The DDP
+no finite stop, so the algorithms implement the step themselves: every SSL model (through
+:class:`~dino_mm.models.algorithms.base.SSLMetaArch`) and :class:`~dino_mm.models.DINOTxt`
+mix this class in, and only say *which* modules are clipped (:meth:`clip_gradients`). The DDP
 wrapper :class:`dino_mm.engine.model_wrappers.DINODistributedDataParallel` calls
 :meth:`optimize_losses` after running the forward through DDP, so every model that mixes
 this in keeps its clipping and its finite stop under DDP too.
@@ -14,8 +14,31 @@ from typing import Dict
 
 import torch
 from mmengine.optim import OptimWrapper
+from torch.nn.utils import clip_grad_norm_
 
-__all__ = ['SSLOptimizationMixin']
+__all__ = ['SSLOptimizationMixin', 'clip_grad_per_module', 'unscale_amp_grads']
+
+
+def unscale_amp_grads(optim_wrapper: OptimWrapper) -> None:
+    """Undo the AMP loss scale on the gradients (once per step) before clipping them."""
+    scaler = getattr(optim_wrapper, 'loss_scaler', None)
+    if scaler is not None:
+        scaler.unscale_(optim_wrapper.optimizer)
+
+
+def clip_grad_per_module(named_modules, max_norm: float,
+                         prefix: str = '') -> Dict[str, torch.Tensor]:
+    """Clip each module's gradients separately, as the official trainer clips the student
+    backbone, DINO head and iBOT head one by one (not all parameters together).
+
+    Returns the pre-clipping norms as ``{prefix}grad_norm_{name}``.
+    """
+    norms = {}
+    for name, module in named_modules:
+        params = [p for p in module.parameters() if p.grad is not None]
+        if params:
+            norms[f'{prefix}grad_norm_{name}'] = clip_grad_norm_(params, max_norm)
+    return norms
 
 
 class SSLOptimizationMixin:

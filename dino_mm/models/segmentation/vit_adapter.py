@@ -8,10 +8,14 @@ and *extractors*: multi-scale deformable cross-attention from the pyramid tokens
 This implementation follows the frozen-backbone form used for the DINOv3 7B
 segmentor: the ViT runs once (no gradients) and its outputs at ``interaction_indexes``
 feed one extractor each; the original adapter's *injectors* (which write back into
-the ViT stream and need gradients through every block) are not used. (unverified:
-exact layer-by-layer match with the official ``dinov3_adapter``; no official
-checkpoint can be converted without that file.) Deformable attention comes from
-``mmcv.ops.MultiScaleDeformableAttention``; on CPU it runs mmcv's pure PyTorch
+the ViT stream and need gradients through every block) are not used. That overall form
+(frozen ViT under no_grad, extractor-only interactions, two extra extractors after the
+last one, level embeddings, a transposed-conv stride-4 level, one SyncBN per level) was
+checked against ``dinov3/eval/segmentation/models/backbone/dinov3_adapter.py`` in the
+dinov3 repository. Not matched one-to-one: module names and nesting (here the extractors
+are one flat list), the level-embedding init (std 0.02 here, unit normal there) and the
+use of the class token, so official checkpoints are not converted. Deformable attention
+comes from ``mmcv.ops.MultiScaleDeformableAttention``; on CPU it runs mmcv's pure PyTorch
 ``multi_scale_deformable_attn_pytorch`` (grid_sample) path, on CUDA the compiled op.
 """
 from typing import List, Optional, Sequence, Tuple

@@ -308,7 +308,7 @@ class DINOTxt(SSLOptimizationMixin, BaseModel):
         official dino.txt loop)."""
         if not self.clip_grad:
             return {}
-        from ..algorithms.dinov2 import clip_grad_per_module, unscale_amp_grads
+        from ..algorithms.optimization import clip_grad_per_module, unscale_amp_grads
         unscale_amp_grads(optim_wrapper)
         return clip_grad_per_module([('vision_head', self.visual_model.head),
                                      ('text', self.text_model)], self.clip_grad)

@@ -288,7 +288,7 @@ def test_structure_keys_and_teacher_state(real_images):
     cfg = dict(BACKBONE)
     cfg.pop('type')
     plain = DinoVisionTransformer(**cfg)
-    plain.load_state_dict(model.teacher_backbone_state_dict(), strict=True)
+    plain.load_state_dict(model.eval_backbone_state_dict(), strict=True)
     plain.load_state_dict(model.student_backbone_state_dict(), strict=True)
     x = make_batch(real_images)['collated_global_crops'][:2]
     feats = model(x, mode='tensor')

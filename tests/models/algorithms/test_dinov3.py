@@ -14,8 +14,8 @@ from PIL import Image
 
 from dino_mm.datasets.collate import dino_collate
 from dino_mm.datasets.transforms.multi_crop import DINOMultiCrop
-from dino_mm.engine.hooks.gram_hooks import (GramTeacherRefreshHook, LossWeightScheduleHook,
-                                             linear_warmup_cosine_decay)
+from dino_mm.engine.hooks import GramTeacherRefreshHook, LossWeightScheduleHook
+from dino_mm.engine.schedulers import linear_warmup_cosine_decay
 from dino_mm.datasets.multi_resolution import (MultiResolutionBatchSampler,
                                                MultiResolutionDataset)
 from dino_mm.models.algorithms.dinov3 import DINOv3

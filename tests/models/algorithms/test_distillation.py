@@ -56,15 +56,14 @@ def test_distillation_uses_frozen_teacher_targets(real_images, teacher_ckpt):
     batch = real_batches(real_images, 1)[0]
     losses = model(**batch, mode='loss')
     # Reference: same student, targets from the pretrained teacher, unmasked student crops.
-    g = batch['collated_global_crops']
-    targets = model.teacher_targets(g, batch['mask_indices_list'], batch['n_masked_patches'])
-    ref = model.student_losses(g, batch['collated_local_crops'], batch['collated_masks'],
-                               batch['mask_indices_list'], batch['masks_weight'], *targets,
-                               mask_student_globals=False)
+    inputs = model.prepare_inputs(**batch)
+    targets = model.teacher_output(inputs)
+    ref = model.compute_losses(inputs, targets)
     for key in ref:
         torch.testing.assert_close(losses[key], ref[key], msg=key)
-    masked = model.student_losses(g, batch['collated_local_crops'], batch['collated_masks'],
-                                  batch['mask_indices_list'], batch['masks_weight'], *targets)
+    model.mask_student_globals = True  # what SSL does: masked student global crops
+    masked = model.compute_losses(inputs, targets)
+    del model.mask_student_globals
     assert abs(masked['ibot_loss'] - losses['ibot_loss']) > 1e-6  # masks really not applied
     # One step: teacher untouched, EMA follows the student.
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
