@@ -25,6 +25,7 @@ from mmengine.model import BaseModel, is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
+from dino_mm.models.backbones.utils import FrozenBackboneEvalMixin
 from dino_mm.models.heads.linear import create_linear_input
 from dino_mm.registry import (METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
                               OPTIMIZERS)
@@ -75,7 +76,7 @@ class LinearClassifier(nn.Module):
 
 
 @MODELS.register_module()
-class LinearProbeGrid(BaseModel):
+class LinearProbeGrid(FrozenBackboneEvalMixin, BaseModel):
     """A frozen backbone and a grid of linear classifiers trained together.
 
     Args:
@@ -121,11 +122,7 @@ class LinearProbeGrid(BaseModel):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        from dino_mm.models.backbones.utils import build_frozen_backbone
-        self.backbone = build_frozen_backbone(backbone, backbone_checkpoint,
-                                              f'{type(self).__name__}: model.backbone_checkpoint')
-        # init_weights() keeps the weights of a backbone_checkpoint
-        self._backbone_loaded = backbone_checkpoint is not None
+        self._init_frozen_backbone(backbone, backbone_checkpoint)
         self.backbone.eval()
         embed_dim = embed_dim or getattr(self.backbone, 'embed_dim', None)
         if embed_dim is None:
@@ -148,18 +145,6 @@ class LinearProbeGrid(BaseModel):
             self.classifiers[name] = LinearClassifier(
                 (n + int(avgpool)) * embed_dim, n, avgpool, num_classes)
             self.learning_rates[name] = lr
-
-    def init_weights(self) -> None:
-        """Initialise the backbone only (the probes keep their official init), unless its
-        weights came from ``backbone_checkpoint``: those are never replaced."""
-        if not self._backbone_loaded and hasattr(self.backbone, 'init_weights'):
-            self.backbone.init_weights()
-
-    def train(self, mode: bool = True) -> 'LinearProbeGrid':
-        """Switch the classifiers' mode; the backbone always stays in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     def param_groups(self) -> List[dict]:
         """One optimizer parameter group per classifier, with its scaled learning rate."""

@@ -19,6 +19,7 @@ from mmengine.runner.amp import autocast
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dino_mm.models.backbones.utils import FrozenBackboneEvalMixin
 from dino_mm.registry import LOOPS, MODELS
 from dino_mm.utils.precision import check_precision, precision_autocast
 
@@ -26,7 +27,7 @@ from .feature_extraction import extract_features, parse_data_samples
 
 
 @MODELS.register_module()
-class FrozenFeatureModel(BaseModel):
+class FrozenFeatureModel(FrozenBackboneEvalMixin, BaseModel):
     """Wrap a backbone so that MMEngine can run it for feature evaluation.
 
     Args:
@@ -55,24 +56,8 @@ class FrozenFeatureModel(BaseModel):
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        from dino_mm.models.backbones.utils import build_frozen_backbone
-        self.backbone = build_frozen_backbone(backbone, backbone_checkpoint,
-                                              f'{type(self).__name__}: model.backbone_checkpoint')
-        # init_weights() keeps the weights of a backbone_checkpoint
-        self._backbone_loaded = backbone_checkpoint is not None
+        self._init_frozen_backbone(backbone, backbone_checkpoint)
         self.precision = check_precision(precision, f'{type(self).__name__}: precision')
-
-    def init_weights(self) -> None:
-        """The backbone's own init (``init_cfg``), unless its weights came from
-        ``backbone_checkpoint``: those are never replaced."""
-        if not self._backbone_loaded and hasattr(self.backbone, 'init_weights'):
-            self.backbone.init_weights()
-
-    def train(self, mode: bool = True) -> 'FrozenFeatureModel':
-        """Keep the backbone in eval mode (no dropout, no RoPE jitter)."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     @torch.no_grad()
     def extract_feat(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -353,3 +353,28 @@ def build_frozen_backbone(backbone, backbone_checkpoint=None, source: str = 'bac
         load_checkpoint_strict(module, ckpt, source=str(backbone_checkpoint))
     module.requires_grad_(False)
     return module
+
+
+class FrozenBackboneEvalMixin:
+    """For evaluation models around a frozen backbone (the kNN / logistic-regression
+    feature model and the linear-probe grid): the backbone is built and loaded by
+    :func:`build_frozen_backbone`, its loaded weights survive ``init_weights``, and it stays
+    in eval mode (no dropout, no RoPE train-time augmentation) while heads train."""
+
+    def _init_frozen_backbone(self, backbone, backbone_checkpoint=None) -> None:
+        self.backbone = build_frozen_backbone(
+            backbone, backbone_checkpoint, f'{type(self).__name__}: model.backbone_checkpoint')
+        # init_weights() keeps the weights of a backbone_checkpoint
+        self._backbone_loaded = backbone_checkpoint is not None
+
+    def init_weights(self) -> None:
+        """The backbone's own init only (heads keep their construction-time init), unless
+        its weights came from ``backbone_checkpoint``: those are never replaced."""
+        if not self._backbone_loaded and hasattr(self.backbone, 'init_weights'):
+            self.backbone.init_weights()
+
+    def train(self, mode: bool = True):
+        """Switch the heads' mode; the backbone always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
