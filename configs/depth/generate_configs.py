@@ -1,36 +1,34 @@
 """Write the depth leaf configs (backbone x head x dataset). Run from the repository root:
 ``python configs/depth/generate_configs.py``. Leaves only state what differs from the bases."""
 import os.path as osp
+import sys
 
 HERE = osp.dirname(osp.abspath(__file__))
+sys.path.insert(0, osp.dirname(HERE))
+from generate_utils import backbone_spec, stamp  # noqa: E402
 
-# name: (arch, embed dim, depth, 4-layer indices, published NYU RMSE for linear4 / linear)
-V2 = {
-    'dinov2-vits14': ('dinov2_vits14', 384, 12, [2, 5, 8, 11], 0.417),
-    'dinov2-vitb14': ('dinov2_vitb14', 768, 12, [2, 5, 8, 11], 0.362),
-    'dinov2-vitl14': ('dinov2_vitl14', 1024, 24, [4, 11, 17, 23], 0.333),
-    'dinov2-vitg14': ('dinov2_vitg14', 1536, 40, [9, 19, 29, 39], 0.298),
+# name: (arch, embed dim, depth, 4-layer indices, published NYU RMSE for linear4 / linear);
+# arch, width and depth come from dino_mm's ViT table, the layer indices and RMSE are the
+# official depth heads'.
+_HEADS = {
+    'dinov2-vits14': ([2, 5, 8, 11], 0.417),
+    'dinov2-vitb14': ([2, 5, 8, 11], 0.362),
+    'dinov2-vitl14': ([4, 11, 17, 23], 0.333),
+    'dinov2-vitg14': ([9, 19, 29, 39], 0.298),
+    'dinov3-vits16': ([2, 5, 8, 11], 0.403),
+    'dinov3-vitb16': ([2, 5, 8, 11], 0.373),
+    'dinov3-vitl16': ([4, 11, 17, 23], 0.352),
+    'dinov3-vit7b16': ([9, 19, 29, 39], 0.309),
 }
-V3 = {
-    'dinov3-vits16': ('dinov3_vits16', 384, 12, [2, 5, 8, 11], 0.403),
-    'dinov3-vitb16': ('dinov3_vitb16', 768, 12, [2, 5, 8, 11], 0.373),
-    'dinov3-vitl16': ('dinov3_vitl16', 1024, 24, [4, 11, 17, 23], 0.352),
-    'dinov3-vit7b16': ('dinov3_vit7b16', 4096, 40, [9, 19, 29, 39], 0.309),
-}
+_SPECS = {name: backbone_spec(name.replace('-', '_')) for name in _HEADS}
+V2 = {n: (*_SPECS[n][:3], *_HEADS[n]) for n in _HEADS if n.startswith('dinov2')}
+V3 = {n: (*_SPECS[n][:3], *_HEADS[n]) for n in _HEADS if n.startswith('dinov3')}
+GENERATOR = 'configs/depth/generate_configs.py'
 DATASETS = {'nyu': ('nyu.py', 10.0), 'kitti': ('kitti.py', 80.0)}
 # Official backbone files (LVD-142M / LVD-1689M, as dino_mm.hub.BACKBONE_WEIGHTS). Like the
 # segmentation configs, the leaves name checkpoints/<file>; DinoVisionTransformer.init_weights
 # also finds the file in $DINO_MM_WEIGHTS / ~/.cache/dino_mm/weights and fails naming it.
-WEIGHTS = {
-    'dinov2-vits14': 'dinov2_vits14_pretrain.pth',
-    'dinov2-vitb14': 'dinov2_vitb14_pretrain.pth',
-    'dinov2-vitl14': 'dinov2_vitl14_pretrain.pth',
-    'dinov2-vitg14': 'dinov2_vitg14_pretrain.pth',
-    'dinov3-vits16': 'dinov3_vits16_pretrain_lvd1689m-08c60483.pth',
-    'dinov3-vitb16': 'dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth',
-    'dinov3-vitl16': 'dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth',
-    'dinov3-vit7b16': 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth',
-}
+WEIGHTS = {name: spec[3] for name, spec in _SPECS.items()}
 
 
 def published(name, head, data, rmse, v3):
@@ -143,11 +141,11 @@ def main():
                 for data in DATASETS:
                     fname = f'{name}_{head}_8xb2-38k_{data}.py'
                     with open(osp.join(HERE, fname), 'w') as f:
-                        f.write(leaf(name, spec, head, data, v3))
+                        f.write(stamp(leaf(name, spec, head, data, v3), GENERATOR))
                     written.append(fname)
     fname = 'dinov3-vitl16_chmv2_canopy-height.py'
     with open(osp.join(HERE, fname), 'w') as f:
-        f.write(chmv2_leaf())
+        f.write(stamp(chmv2_leaf(), GENERATOR))
     written.append(fname)
     print(f'wrote {len(written)} configs')
 

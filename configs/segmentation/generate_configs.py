@@ -4,27 +4,18 @@ Every leaf only states what differs from its bases: the backbone arch and layers
 head widths, the dataset and the schedule, plus the published mIoU in a comment.
 """
 import os.path as osp
+import sys
 from typing import Dict, List, Tuple
 
 HERE = osp.dirname(osp.abspath(__file__))
+sys.path.insert(0, osp.dirname(HERE))
+from generate_utils import backbone_spec, stamp  # noqa: E402
 
-# name: (arch, embed_dim, depth, backbone file name)
-DINOV2 = {
-    'vits14': ('dinov2_vits14', 384, 12, 'dinov2_vits14_pretrain.pth'),
-    'vitb14': ('dinov2_vitb14', 768, 12, 'dinov2_vitb14_pretrain.pth'),
-    'vitl14': ('dinov2_vitl14', 1024, 24, 'dinov2_vitl14_pretrain.pth'),
-    'vitg14': ('dinov2_vitg14', 1536, 40, 'dinov2_vitg14_pretrain.pth'),
-}
-DINOV3 = {
-    'vits16': ('dinov3_vits16', 384, 12, 'dinov3_vits16_pretrain_lvd1689m-08c60483.pth'),
-    'vits16plus': ('dinov3_vits16plus', 384, 12,
-                   'dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth'),
-    'vitb16': ('dinov3_vitb16', 768, 12, 'dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth'),
-    'vitl16': ('dinov3_vitl16', 1024, 24, 'dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth'),
-    'vith16plus': ('dinov3_vith16plus', 1280, 32,
-                   'dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth'),
-    'vit7b16': ('dinov3_vit7b16', 4096, 40, 'dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth'),
-}
+# name: (arch, embed_dim, depth, backbone file name), read from dino_mm (its ViT table and
+# the hub's official file names), so the leaves cannot drift from the models.
+DINOV2 = {n: backbone_spec(f'dinov2_{n}') for n in ('vits14', 'vitb14', 'vitl14', 'vitg14')}
+DINOV3 = {n: backbone_spec(f'dinov3_{n}')
+          for n in ('vits16', 'vits16plus', 'vitb16', 'vitl16', 'vith16plus', 'vit7b16')}
 # Published mIoU, each with its source (docs/reference.md §5.11). The DINOv2 README lists only
 # the head files; its model card gives the multiscale ADE20K figures. The DINOv2 linear ADE20K
 # and all VOC2012 figures are in the DINOv2 paper only, whose table could not be read here, so
@@ -164,7 +155,7 @@ def main() -> List[str]:
         os.makedirs(osp.join(HERE, version), exist_ok=True)
         path = osp.join(HERE, version, fname)
         with open(path, 'w') as f:
-            f.write(text)
+            f.write(stamp(text, 'configs/segmentation/generate_configs.py'))
         written.append(path)
     return written
 
