@@ -407,6 +407,13 @@ def test_leaf_builds_and_names_official_weights(leaf, no_weights_anywhere):  # n
     for where, value, owner in refs:
         if value is not None:
             _check_reference(leaf, where, value, owner, weights_dir)
+    # a stage continues a sibling stage leaf, found by its work-dir name
+    for hook in cfg.get('custom_hooks', None) or []:
+        previous = hook.get('previous_stage') if isinstance(hook, dict) else None
+        if previous:
+            stage = osp.join(osp.dirname(leaf), previous + '.py')
+            assert stage in LEAVES, (f'{_rel(leaf)}: previous_stage={previous!r} names no '
+                                     f'stage config beside it ({_rel(stage)})')
     if _family(leaf) in ('segmentation', 'depth', 'detection'):
         assert any(w.endswith('init_cfg.checkpoint') for w, _, _ in refs), (
             f'{_rel(leaf)} trains its head on a randomly initialised backbone')

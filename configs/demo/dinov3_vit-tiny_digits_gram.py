@@ -9,8 +9,7 @@
 #   python tools/train.py configs/demo/dinov3_vit-tiny_digits_gram.py
 _base_ = ['./dinov3_vit-tiny_digits.py']
 
-stage1_checkpoint = 'work_dirs/dinov3_vit-tiny_digits/iter_300.pth'
-load_from = stage1_checkpoint
+load_from = None  # the last checkpoint of the previous stage (StageCheckpointHook)
 max_iters = 200
 gram_teacher_crops_size = 48
 
@@ -20,7 +19,7 @@ model = dict(
     gram_loss_weight=0.0,  # driven by the LossWeightScheduleHook below
     gram_img_level=True,
     gram_tokens_used='all',
-    gram_ckpt=stage1_checkpoint)
+    gram_ckpt=None)  # None: the previous stage's EMA teacher (StageCheckpointHook)
 
 train_dataloader = dict(dataset=dict(pipeline=[
     dict(type='dino_mm.LoadImagePIL'),
@@ -39,7 +38,7 @@ param_scheduler = [
          final_value=0.04, total_iters=max_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.StageCheckpointHook', require_load_from=True),
+    dict(type='dino_mm.StageCheckpointHook', previous_stage='dinov3_vit-tiny_digits'),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.04, teacher_temp=0.07,
          warmup_iters=max_iters // 10),
     dict(type='dino_mm.TeacherMomentumHook', momentum_teacher=0.999,

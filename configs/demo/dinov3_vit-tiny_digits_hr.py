@@ -7,8 +7,7 @@
 #   python tools/train.py configs/demo/dinov3_vit-tiny_digits_hr.py
 _base_ = ['./dinov3_vit-tiny_digits.py']
 
-stage2_checkpoint = 'work_dirs/dinov3_vit-tiny_digits_gram/iter_200.pth'
-load_from = stage2_checkpoint
+load_from = None  # the last checkpoint of the previous stage (StageCheckpointHook)
 max_iters = 60
 
 model = dict(
@@ -16,7 +15,7 @@ model = dict(
                    remove_only_teacher_neg=False),
     gram_loss_weight=1.5,
     local_loss_weight=0.5,
-    gram_ckpt=stage2_checkpoint)
+    gram_ckpt=None)  # None: the previous stage's EMA teacher (StageCheckpointHook)
 
 # Official global [512, 768, 768, 768, 768], local [112, 112, 168, 224, 336], gram
 # [768, 1152, 1152, 1152, 1152] for 256/112 training crops, scaled to the 32/16 demo.
@@ -42,7 +41,7 @@ param_scheduler = [
          final_value=0.04, total_iters=max_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.StageCheckpointHook', require_load_from=True,
+    dict(type='dino_mm.StageCheckpointHook', previous_stage='dinov3_vit-tiny_digits_gram',
          student_from_teacher=True),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.07, teacher_temp=0.07,
          warmup_iters=0),

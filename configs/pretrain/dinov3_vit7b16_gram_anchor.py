@@ -6,8 +6,7 @@
 # official iteration below is shifted by `stage_start_iter` (= 1000 epochs x 1000).
 _base_ = ['./dinov3_vit7b16_pretrain.py']
 
-stage1_checkpoint = 'work_dirs/dinov3_vit7b16_pretrain/iter_1000000.pth'
-load_from = stage1_checkpoint
+load_from = None  # the last checkpoint of the previous stage (StageCheckpointHook)
 epoch_length = 1000
 stage_start_iter = 1000 * epoch_length
 total_iters = 1200 * epoch_length - stage_start_iter  # 200k stage iterations
@@ -20,7 +19,7 @@ model = dict(
     gram_loss_weight=0.0,  # schedule below
     gram_img_level=True,
     gram_tokens_used='all',
-    gram_ckpt=stage1_checkpoint)
+    gram_ckpt=None)  # None: the previous stage's EMA teacher (StageCheckpointHook)
 
 train_dataloader = dict(dataset=dict(pipeline=[
     dict(type='dino_mm.LoadImagePIL'),
@@ -41,7 +40,7 @@ param_scheduler = [
          final_value=0.04, total_iters=total_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.StageCheckpointHook', require_load_from=True),
+    dict(type='dino_mm.StageCheckpointHook', previous_stage='dinov3_vit7b16_pretrain'),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.07, teacher_temp=0.07,
          warmup_iters=0),
     dict(type='dino_mm.TeacherMomentumHook', momentum_teacher=0.999,

@@ -8,8 +8,7 @@
 # ranks (2 ranks x 8 images), gradients flowing through the gathered rows.
 _base_ = ['./dinov3_vit7b16_pretrain.py']
 
-stage2_checkpoint = 'work_dirs/dinov3_vit7b16_gram_anchor/iter_200000.pth'
-load_from = stage2_checkpoint
+load_from = None  # the last checkpoint of the previous stage (StageCheckpointHook)
 epoch_length = 1000
 total_iters = 30 * epoch_length
 batch_size_per_gpu = 8
@@ -22,7 +21,7 @@ model = dict(
     koleo_loss_distributed=True,
     koleo_topk=1,
     koleo_distributed_loss_group_size=16,
-    gram_ckpt=stage2_checkpoint)
+    gram_ckpt=None)  # None: the previous stage's EMA teacher (StageCheckpointHook)
 
 train_dataloader = dict(
     batch_size=batch_size_per_gpu,
@@ -53,7 +52,7 @@ param_scheduler = [
          final_value=0.04, total_iters=total_iters, by_epoch=False),
 ]
 custom_hooks = [
-    dict(type='dino_mm.StageCheckpointHook', require_load_from=True,
+    dict(type='dino_mm.StageCheckpointHook', previous_stage='dinov3_vit7b16_gram_anchor',
          student_from_teacher=True),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.07, teacher_temp=0.07,
          warmup_iters=0),

@@ -2,8 +2,10 @@
 
 Stage 1 (pretrain) -> stage 2 (Gram anchoring, Gram teacher from the stage-1 teacher,
 refreshed on schedule) -> stage 3 (high-resolution adaptation, multi-resolution batches,
-student started from the stage-2 teacher). Each stage loads the previous checkpoint via
-``load_from``; wrong or missing checkpoints fail before the first iteration.
+student started from the stage-2 teacher). Each stage config inherits the previous one and
+names it (``StageCheckpointHook(previous_stage=...)``): its checkpoint is found in the
+sibling work dir, with no path typed by hand; an explicit ``load_from`` still wins. Wrong or
+missing checkpoints fail before the first iteration.
 """
 import copy
 import importlib.util
@@ -72,21 +74,24 @@ def _run(cfg, *extra_hooks):
 
 @pytest.fixture(scope='module')
 def stage1(digits_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp('stage1')
+    # tools/train.py's layout: work_dirs/<config name>
+    work = tmp_path_factory.mktemp('work_dirs') / 'dinov3_vit-tiny_digits'
     runner = _run(_cfg('dinov3_vit-tiny_digits.py', digits_root, work, 3))
     ckpt = osp.join(str(work), 'iter_3.pth')
     assert osp.isfile(ckpt)
     return ckpt, runner
 
 
-def test_three_stage_chain(digits_root, stage1, tmp_path):
+def test_three_stage_chain(digits_root, stage1):
     ckpt1, _ = stage1
+    work_dirs = osp.dirname(osp.dirname(ckpt1))
     state1 = torch.load(ckpt1, map_location='cpu', weights_only=True)['state_dict']
     assert not any(k.startswith('gram_teacher.') for k in state1)
 
-    # ---- stage 2: Gram anchoring from the stage-1 checkpoint
-    cfg2 = _cfg('dinov3_vit-tiny_digits_gram.py', digits_root, tmp_path / 's2', 6,
-                load_from=ckpt1, model=dict(gram_ckpt=ckpt1))
+    # ---- stage 2: Gram anchoring from the stage-1 checkpoint, found by convention
+    cfg2 = _cfg('dinov3_vit-tiny_digits_gram.py', digits_root,
+                osp.join(work_dirs, 'dinov3_vit-tiny_digits_gram'), 6)
+    assert cfg2.load_from is None and cfg2.model.gram_ckpt is None
     _hook(cfg2, 'dino_mm.GramTeacherRefreshHook').update(it_first_update=2, update_frequency=2,
                                                          max_updates=2)
     for hook in cfg2.custom_hooks:
@@ -112,13 +117,14 @@ def test_three_stage_chain(digits_root, stage1, tmp_path):
     assert 'Gram teacher refreshed from the EMA teacher at iteration 2' in logs
     assert 'Gram teacher refreshed from the EMA teacher at iteration 4' in logs
     assert 'train/gram_loss' in runner2.message_hub.log_scalars
-    ckpt2 = osp.join(str(tmp_path / 's2'), 'iter_6.pth')
+    assert f'continuing stage "dinov3_vit-tiny_digits" from "{ckpt1}"' in logs
+    ckpt2 = osp.join(work_dirs, 'dinov3_vit-tiny_digits_gram', 'iter_6.pth')
     state2 = torch.load(ckpt2, map_location='cpu', weights_only=True)['state_dict']
     assert any(k.startswith('gram_teacher.') for k in state2)
 
     # ---- stage 3: high-resolution adaptation from the stage-2 checkpoint
-    cfg3 = _cfg('dinov3_vit-tiny_digits_hr.py', digits_root, tmp_path / 's3', 4,
-                load_from=ckpt2, model=dict(gram_ckpt=ckpt2))
+    cfg3 = _cfg('dinov3_vit-tiny_digits_hr.py', digits_root,
+                osp.join(work_dirs, 'dinov3_vit-tiny_digits_hr'), 4)
     cfg3.train_dataloader.dataset.update(global_crops_sizes=[32, 48], local_crops_sizes=[16, 16],
                                          gram_teacher_crops_sizes=[48, 64])
     cfg3.train_dataloader.batch_sampler.ratios = [0.5, 0.5]
@@ -132,7 +138,7 @@ def test_three_stage_chain(digits_root, stage1, tmp_path):
             torch.testing.assert_close(snap3.state[key], value, msg=key)
     assert set(snap3.batch_sizes) <= {(32, 32), (48, 48)}
     assert runner3.iter == 4
-    assert osp.isfile(osp.join(str(tmp_path / 's3'), 'iter_4.pth'))
+    assert osp.isfile(osp.join(work_dirs, 'dinov3_vit-tiny_digits_hr', 'iter_4.pth'))
 
 
 def test_stage_with_missing_checkpoint_fails_before_training(digits_root, tmp_path):
@@ -161,9 +167,13 @@ def test_stage_with_incompatible_checkpoint_fails_before_training(
                        r'checkpoint \(1, 1, 32\) vs model \(1, 1, 64\)'):
         runner.train()
     assert runner.iter == 0
-    # A stage config without load_from is refused too.
-    cfg = _cfg('dinov3_vit-tiny_digits_gram.py', digits_root, tmp_path / 'w2', 2,
-               load_from=None, model=dict(gram_ckpt=ckpt1))
+    # A stage whose previous stage has not run is refused, naming what to run.
+    cfg = _cfg('dinov3_vit-tiny_digits_gram.py', digits_root, tmp_path / 'w2', 2)
+    with pytest.raises(FileNotFoundError, match=r'continues "dinov3_vit-tiny_digits", but '
+                       r'".*dinov3_vit-tiny_digits/last_checkpoint" does not exist: run that'):
+        Runner.from_cfg(cfg).train()
+    # Without previous_stage and load_from a stage is refused too.
+    _hook(cfg, 'dino_mm.StageCheckpointHook')['previous_stage'] = None
     with pytest.raises(ValueError, match='load_from` is not set'):
         Runner.from_cfg(cfg).train()
 

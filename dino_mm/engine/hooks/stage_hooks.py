@@ -1,10 +1,12 @@
 """Checks at the start of a DINOv3 stage that continues a previous one.
 
-:class:`StageCheckpointHook` checks, before anything is initialised or loaded, that
-``load_from`` (the previous stage's checkpoint) exists and fits the model, and can start the
-student from the loaded teacher (official ``student.resume_from_teacher_chkpt``).
+:class:`StageCheckpointHook` finds the previous stage's checkpoint by convention (the
+``last_checkpoint`` of its work dir), checks, before anything is initialised or loaded, that
+it exists and fits the model, and can start the student from the loaded teacher (official
+``student.resume_from_teacher_chkpt``).
 """
-from typing import Sequence
+import os.path as osp
+from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
 
@@ -21,6 +23,42 @@ def _load_from_and_resume(runner) -> tuple:
     return getattr(runner, '_load_from', None), bool(getattr(runner, '_resume', False))
 
 
+def _set_load_from(runner, path: str) -> None:
+    # MMEngine reads the private attribute in load_or_resume(), after before_run.
+    runner._load_from = path
+
+
+def previous_stage_checkpoint(work_dir: str, previous_stage: str,
+                              previous_work_dir: Optional[str] = None) -> str:
+    """The last checkpoint of the previous stage, by the work-dir convention.
+
+    ``tools/train.py`` runs a config ``X.py`` in ``work_dirs/X``; the previous stage's run is
+    the sibling folder ``<parent of work_dir>/<previous_stage>`` (or ``previous_work_dir``),
+    and MMEngine's ``last_checkpoint`` file there names its newest checkpoint.
+
+    Raises:
+        FileNotFoundError: The previous stage has not run (or wrote no checkpoint); the
+            message names the folder and the command that makes it.
+    """
+    folder = previous_work_dir or osp.join(osp.dirname(osp.abspath(work_dir)), previous_stage)
+    marker = osp.join(folder, 'last_checkpoint')
+    if not osp.isfile(marker):
+        raise FileNotFoundError(
+            f'StageCheckpointHook: this stage continues "{previous_stage}", but "{marker}" '
+            'does not exist: run that stage first (python tools/train.py '
+            f'configs/.../{previous_stage}.py, which writes to {folder}), or set load_from '
+            'to its checkpoint.')
+    with open(marker, encoding='utf-8') as f:
+        path = f.read().strip()
+    if not osp.isabs(path) and not osp.isfile(path):
+        path = osp.join(folder, osp.basename(path))
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'StageCheckpointHook: "{marker}" names "{path}", which does '
+                                f'not exist; rerun the "{previous_stage}" stage or set '
+                                'load_from to one of its checkpoints.')
+    return path
+
+
 @HOOKS.register_module()
 class StageCheckpointHook(Hook):
     """Validate the previous stage's checkpoint before training; optionally re-seed the student.
@@ -30,10 +68,20 @@ class StageCheckpointHook(Hook):
     every model key except those under ``allow_missing`` with the same shapes. A mismatch
     raises ``ValueError`` naming the file and listing a few keys with both shapes.
 
+    With ``previous_stage`` and no ``load_from`` in the config, the checkpoint is the one the
+    previous stage's run wrote last (:func:`previous_stage_checkpoint`), so a stage config
+    inherits the previous one and names it, with no path typed by hand; a Gram model whose
+    ``gram_ckpt`` is unset then takes its Gram teacher from that checkpoint's EMA teacher
+    (official stages 2 and 3).
+
     With ``student_from_teacher`` the student is overwritten with the loaded teacher at the
     start of a fresh run (official ``student.resume_from_teacher_chkpt``, stage 3).
 
     Args:
+        previous_stage (str, optional): Config name (= work-dir folder) of the previous
+            stage. Defaults to None.
+        previous_work_dir (str, optional): That stage's work dir when it is not the sibling
+            folder of this run's. Defaults to None.
         require_load_from (bool): Fail when ``load_from`` is not set. Defaults to True.
         allow_missing (Sequence[str]): Model key prefixes the checkpoint may lack.
             Defaults to ``('gram_teacher.', )`` (stage 1 has no Gram teacher).
@@ -43,9 +91,13 @@ class StageCheckpointHook(Hook):
     priority = 'VERY_HIGH'
 
     def __init__(self,
+                 previous_stage: Optional[str] = None,
+                 previous_work_dir: Optional[str] = None,
                  require_load_from: bool = True,
                  allow_missing: Sequence[str] = ('gram_teacher.', ),
                  student_from_teacher: bool = False) -> None:
+        self.previous_stage = previous_stage
+        self.previous_work_dir = previous_work_dir
         self.require_load_from = require_load_from
         self.allow_missing = tuple(allow_missing)
         self.student_from_teacher = student_from_teacher
@@ -55,6 +107,15 @@ class StageCheckpointHook(Hook):
         path, resume = _load_from_and_resume(runner)
         if resume:
             return
+        model = _unwrap(runner.model)
+        if not path and self.previous_stage:
+            path = previous_stage_checkpoint(runner.work_dir, self.previous_stage,
+                                             self.previous_work_dir)
+            _set_load_from(runner, path)
+            if getattr(model, 'use_gram', False) and not getattr(model, 'gram_ckpt', None):
+                model.gram_ckpt = path  # read by init_weights, which runs after this hook
+            runner.logger.info(f'StageCheckpointHook: continuing stage "{self.previous_stage}" '
+                               f'from "{path}".')
         if not path:
             if self.require_load_from:
                 raise ValueError(
@@ -63,7 +124,6 @@ class StageCheckpointHook(Hook):
                     "stage's checkpoint (e.g. --cfg-options load_from=work_dirs/<stage>/"
                     'iter_<N>.pth).')
             return
-        model = _unwrap(runner.model)
         check_checkpoint_compatibility(path, model.state_dict(), 'load_from',
                                        ignore_missing=self.allow_missing)
         runner.logger.info(f'StageCheckpointHook: load_from "{path}" matches the model.')
