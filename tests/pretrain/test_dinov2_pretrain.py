@@ -111,7 +111,7 @@ def _cfg_options(digits_root, checkpoint_interval):
         'train_dataloader.dataset.pipeline.1.local_crops_number=2',
         f'train_cfg.max_iters={MAX_ITERS}', f'param_scheduler.0.total_iters={MAX_ITERS}',
         'param_scheduler.0.warmup_iters=2', 'param_scheduler.0.freeze_last_layer_iters=1',
-        f'param_scheduler.1.total_iters={MAX_ITERS}', 'custom_hooks.1.warmup_iters=3',
+        f'param_scheduler.1.total_iters={MAX_ITERS}', 'custom_hooks.0.warmup_iters=3',
         f'default_hooks.checkpoint.interval={checkpoint_interval}',
         'default_hooks.logger.interval=1', 'log_processor.window_size=1',
         'randomness.seed=0', 'randomness.deterministic=True',

@@ -186,7 +186,7 @@ def test_train_tool_amp_on_cpu_trains_the_demo_config_in_bf16(tmp_path):
         'train_dataloader.dataset.pipeline.1.local_crops_size=8',
         'train_cfg.max_iters=2', 'param_scheduler.0.total_iters=2',
         'param_scheduler.0.warmup_iters=1', 'param_scheduler.0.freeze_last_layer_iters=0',
-        'param_scheduler.1.total_iters=2', 'custom_hooks.1.warmup_iters=1',
+        'param_scheduler.1.total_iters=2', 'custom_hooks.0.warmup_iters=1',
         'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1']
     # CUDA hidden: the CPU path is under test, also on a machine with a GPU.
     env = dict(os.environ, OMP_NUM_THREADS='1', QKV_DTYPE_FILE=str(record),
