@@ -25,8 +25,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
-_unwrap = unwrap_model
-
 
 @HOOKS.register_module()
 class TeacherMomentumHook(Hook):
@@ -58,7 +56,7 @@ class TeacherMomentumHook(Hook):
         self.schedule: Optional[CosineSchedule] = None
 
     def before_train(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         if not callable(getattr(model, 'update_teacher', None)):
             raise TypeError(f'TeacherMomentumHook needs the model ({type(model).__name__}) '
                             'to define update_teacher(momentum); remove the hook from '
@@ -75,7 +73,7 @@ class TeacherMomentumHook(Hook):
         if self.schedule is None:
             self.before_train(runner)
         momentum = self.schedule(runner.iter)
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         model.update_teacher(momentum)
         model.momentum_teacher = momentum
         runner.message_hub.update_scalar('train/momentum_teacher', momentum)
@@ -109,7 +107,7 @@ class TeacherTempHook(Hook):
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         temp = self.schedule(runner.iter)
-        _unwrap(runner.model).teacher_temp = temp
+        unwrap_model(runner.model).teacher_temp = temp
         runner.message_hub.update_scalar('train/teacher_temp', temp)
 
 
@@ -159,7 +157,7 @@ class LossWeightScheduleHook(Hook):
                                           total)
 
     def before_train(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         if not hasattr(model, self.attr):
             raise AttributeError(f'LossWeightScheduleHook: the model ({type(model).__name__}) '
                                  f'has no attribute {self.attr!r}; use gram_loss_weight or '
@@ -167,5 +165,5 @@ class LossWeightScheduleHook(Hook):
 
     def before_train_iter(self, runner, batch_idx: int, data_batch: DATA_BATCH = None) -> None:
         value = self.value(runner.iter, runner.max_iters)
-        setattr(_unwrap(runner.model), self.attr, value)
+        setattr(unwrap_model(runner.model), self.attr, value)
         runner.message_hub.update_scalar(f'train/{self.attr}', value)
