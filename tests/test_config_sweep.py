@@ -465,6 +465,13 @@ DET_SCRIPT = textwrap.dedent('''
     for i, config in enumerate(configs):
         torch.manual_seed(i)
         model = init_detector(config, device='cpu')
+        # As the Runner does before training: mmdet's DINO allocates some parameters
+        # uninitialised (level_embed is torch.Tensor(n, d)) and fills them in init_weights;
+        # the backbone reads its official file from $DINO_MM_WEIGHTS.
+        model.init_weights()
+        bad = [k for k, v in model.state_dict().items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert not bad, bad
         classes = model.dataset_meta['classes']
         ckpt = f'{work}/det_{i}.pth'  # a trained checkpoint, as tools/train.py writes it
         torch.save({'state_dict': model.state_dict(),
@@ -485,6 +492,8 @@ def test_detection_det_inferencer_in_a_fresh_process(tmp_path, real_images):
     root = tmp_path / 'coco'
     _write_tiny_coco(str(root), real_images)
     image = root / 'val2017' / '000000000000.jpg'
+    weights = tmp_path / 'weights'
+    weights.mkdir()
     configs = []
     for rel in ('detection/dino-4scale_dinov2-vits14-frozen_sfp_8xb2-12e_coco.py',
                 'detection/dino-4scale_dinov3-vits16-ft_sfp_8xb2-12e_coco.py'):
@@ -492,8 +501,11 @@ def test_detection_det_inferencer_in_a_fresh_process(tmp_path, real_images):
         for t in cfg.test_dataloader.dataset.pipeline:  # the leaf's pipeline, tiny images
             if t['type'] == 'Resize':
                 t['scale'] = (160, 120)
+        for vit in _vits_with_pretrained(_build(cfg)):
+            _official_file(vit, weights / osp.basename(vit.init_cfg['checkpoint']))
         configs.append(_dump(cfg, tmp_path / osp.basename(rel)))
-    out = _run(DET_SCRIPT, [image, tmp_path, *configs], tmp_path, _env())
+    out = _run(DET_SCRIPT, [image, tmp_path, *configs], tmp_path,
+               _env(DINO_MM_WEIGHTS=str(weights)))
     assert out.count('OK') == 2 and ' 80' in out, out  # the leaves' COCO classes
 
 
@@ -556,8 +568,11 @@ PRETRAIN_SCRIPT = textwrap.dedent('''
         runner.train()
         loss = runner.message_hub.get_scalar('train/loss').current()
         assert runner.iter == 1 and math.isfinite(loss), (runner.iter, loss)
-        teacher_ckpt = cfg.model.get('teacher_ckpt')
-        if teacher_ckpt:  # the previous stage's teacher, loaded strictly
+        # The previous stage's teacher (found by StageCheckpointHook), loaded strictly.
+        teacher_ckpt = getattr(runner.model, 'teacher_ckpt', None)
+        if cfg.model.type.endswith('Distillation'):
+            assert teacher_ckpt, 'the distillation ran without its teacher'
+        if teacher_ckpt:
             sd = torch.load(teacher_ckpt, map_location='cpu')['state_dict']
             got = runner.model.teacher.state_dict()
             for k, v in got.items():
@@ -590,8 +605,9 @@ def test_pretrain_first_iteration_in_a_fresh_process(tmp_path, imagenet_root):  
     v2 = _tiny_run(tiny_cfg(osp.join(CONFIGS, 'pretrain/dinov2_vitl16-short_32xb64-100e_in1k.py')),
                    imagenet_root, tmp_path / 'wd_v2')
     configs.append(_dump(v2, tmp_path / 'dinov2_short.py'))
-    # DINOv3 distillation: the teacher is the final checkpoint of the ViT-L stage leaf,
-    # made here by that leaf's own (tiny) model as the runner saves it.
+    # DINOv3 distillation: the teacher is the last checkpoint of the ViT-L stage leaf's run
+    # (its work dir beside the distillation's, as tools/train.py lays them out), made here
+    # by that leaf's own (tiny) model as the runner saves it.
     leaf = osp.join(CONFIGS, 'pretrain/dinov3_vits16_distill-vitl16_im1k.py')
     distill = tiny_cfg(leaf)
     stage = tiny_cfg(osp.join(CONFIGS, 'pretrain/dinov3_vitl16_im1k_lin834.py'))
@@ -599,10 +615,13 @@ def test_pretrain_first_iteration_in_a_fresh_process(tmp_path, imagenet_root):  
     with torch.no_grad():  # a trained teacher: not the init the distillation model makes
         for p in stage_model.teacher.parameters():
             p.mul_(1 + 0.1 * torch.randn_like(p))
-    ckpt = tmp_path / distill.model.teacher_ckpt
-    ckpt.parent.mkdir(parents=True)
+    stage_dir = tmp_path / 'work_dirs' / 'dinov3_vitl16_im1k_lin834'
+    stage_dir.mkdir(parents=True)
+    ckpt = stage_dir / 'iter_125000.pth'
     torch.save({'state_dict': stage_model.state_dict(), 'meta': {'iter': 125000}}, ckpt)
-    distill = _tiny_run(distill, imagenet_root, tmp_path / 'wd_v3')
+    (stage_dir / 'last_checkpoint').write_text(str(ckpt))
+    distill = _tiny_run(distill, imagenet_root,
+                        tmp_path / 'work_dirs' / 'dinov3_vits16_distill-vitl16_im1k')
     configs.append(_dump(distill, tmp_path / 'dinov3_distill.py'))
     out = _run(PRETRAIN_SCRIPT, configs, tmp_path, _env())
     assert out.count('OK') == 2, out

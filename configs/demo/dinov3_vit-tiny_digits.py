@@ -6,8 +6,9 @@
 #   python tools/dataset_converters/make_imagenet_extra.py --root data/digits \
 #       --extra data/digits/extra --splits TRAIN VAL
 #   python tools/train.py configs/demo/dinov3_vit-tiny_digits.py
-# Then stage 2 (Gram anchoring, dinov3_vit-tiny_digits_gram.py) and stage 3 (high-resolution
-# adaptation, dinov3_vit-tiny_digits_hr.py), each starting from the previous checkpoint.
+# Then stage 2 (Gram anchoring, dinov3_vit-tiny_digits_gram.py), stage 3 (high-resolution
+# adaptation, dinov3_vit-tiny_digits_hr.py) and stage 4 (distillation into a smaller student,
+# dinov3_vit-tiny_digits_distill.py), each starting from the previous checkpoint.
 _base_ = ['../_base_/default_runtime.py']
 
 data_root = 'data/digits'

@@ -1,22 +1,27 @@
 # DINOv3 multi-distillation of the released small models (official
 # dinov3_vitl16_lvd1689m_distilled.yaml + --multi-distillation, docs/reference.md §4.6): one
-# frozen ViT-7B/16 teacher (stage-3 checkpoint), four students trained in one job with one teacher
-# forward per batch: ViT-S/16 (official ranks 0-48), ViT-S+/16 SwiGLU (48-96), ViT-B/16
-# (96-176), ViT-L/16 (176-296). Official: 296 GPUs, global batch 1920, 20 epochs x 1000
+# frozen ViT-7B/16 teacher (the last checkpoint of work_dirs/dinov3_vit7b16_high_res_adapt,
+# found by StageCheckpointHook, or the file in `teacher_ckpt`), four students trained in one
+# job with one teacher forward per batch: ViT-S/16 (official ranks 0-48), ViT-S+/16 SwiGLU
+# (48-96), ViT-B/16 (96-176), ViT-L/16 (176-296). Official: 296 GPUs, global batch 1920, 20 epochs x 1000
 # iterations; released results: docs/reference.md §5.11 (e.g. ViT-L/16 ADE20k 54.9 mIoU,
 # NYU 0.352).
-# Here every student sees the whole per-GPU batch (see dino_mm.MultiDistillation); set
-# batch_size and the GPU count so that the global batch matches.
+# As in the official job, each student trains on its own ranks (`ranks_range`) and sees the
+# whole global batch of 1920 images per step (see dino_mm.MultiDistillation): launch 296
+# ranks, each loading ceil(1920 / 296) = 7 images. Fewer GPUs: change the ranges so they tile
+# the ranks (every range size must divide global_batch_size), or remove every ranks_range to
+# run all students on every rank.
 _base_ = ['./dinov3_vit7b16_pretrain.py']
 
-teacher_checkpoint = 'work_dirs/dinov3_vit7b16_high_res_adapt/iter_30000.pth'
 epoch_length = 1000
 total_iters = 20 * epoch_length
-batch_size_per_gpu = 8
+batch_size_per_gpu = 7  # ceil(global_batch_size / 296 ranks)
+global_batch_size = 1920
 
 
-def _student(arch, **kw):
+def _student(arch, ranks_range, **kw):
     return dict(
+        ranks_range=ranks_range,
         backbone=dict(type='dino_mm.DinoVisionTransformer', arch=arch, img_size=256,
                       drop_path_rate=0.0, layerscale_init=1e-5,
                       pos_embed_rope_rescale_coords=2.0, pos_embed_rope_dtype='bf16', **kw),
@@ -37,12 +42,13 @@ model = dict(
                       untie_global_and_local_cls_norm=True),
         dino_head=dict(out_dim=262144, hidden_dim=8192, bottleneck_dim=512, nlayers=3),
         ibot_head=dict(out_dim=98304, hidden_dim=4096, bottleneck_dim=384, nlayers=3)),
-    teacher_ckpt=teacher_checkpoint,
+    teacher_ckpt=None,  # None: the stage-3 run's last checkpoint (StageCheckpointHook)
     students=dict(
-        vits_mlp4_4=_student('dinov3_vits16'),
-        vitsp_swiglu6_1=_student('dinov3_vits16plus'),
-        vitb_mlp4_3=_student('dinov3_vitb16'),
-        vitl_mlp4_1=_student('dinov3_vitl16')),
+        vits_mlp4_4=_student('dinov3_vits16', [0, 48]),
+        vitsp_swiglu6_1=_student('dinov3_vits16plus', [48, 96]),
+        vitb_mlp4_3=_student('dinov3_vitb16', [96, 176]),
+        vitl_mlp4_1=_student('dinov3_vitl16', [176, 296])),
+    global_batch_size=global_batch_size,
     centering='sinkhorn_knopp',
     clip_grad=3.0)
 
@@ -60,6 +66,8 @@ param_scheduler = [
          final_value=0.04, total_iters=total_iters, by_epoch=False),
 ]
 custom_hooks = [
+    dict(type='dino_mm.StageCheckpointHook', previous_stage='dinov3_vit7b16_high_res_adapt',
+         load_previous_as='teacher_ckpt'),
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.04, teacher_temp=0.07,
          warmup_iters=0),
     # Updates every student's EMA (the teacher is frozen).

@@ -8,7 +8,7 @@ import torch
 from dino_mm.datasets.transforms.masking import MaskingGenerator
 from dino_mm.registry import FUNCTIONS
 
-__all__ = ['dino_collate']
+__all__ = ['dino_collate', 'mask_index_fields']
 
 
 @lru_cache(maxsize=16)
@@ -32,6 +32,22 @@ def _to_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
     if not hasattr(torch, str(dtype)) or not isinstance(getattr(torch, dtype), torch.dtype):
         raise ValueError(f"dino_collate: unknown dtype {dtype!r}; use e.g. 'float16'.")
     return getattr(torch, dtype)
+
+
+def mask_index_fields(collated_masks: torch.Tensor) -> dict:
+    """The index fields the losses read from the (N, P) bool iBOT masks.
+
+    Returns:
+        dict: ``mask_indices_list`` (M,) flat indices of the masked tokens,
+        ``masks_weight`` (M,) 1 / #masked tokens of each token's image, and
+        ``n_masked_patches`` (1,) = M.
+    """
+    mask_indices_list = collated_masks.flatten().nonzero().flatten()
+    per_image = 1 / collated_masks.sum(-1).clamp(min=1.0)
+    masks_weight = per_image.unsqueeze(-1).expand_as(collated_masks)[collated_masks]
+    return {'mask_indices_list': mask_indices_list, 'masks_weight': masks_weight,
+            'n_masked_patches': torch.full((1, ), mask_indices_list.shape[0],
+                                           dtype=torch.long)}
 
 
 @FUNCTIONS.register_module()
@@ -116,18 +132,12 @@ def dino_collate(data_batch: Sequence[dict],
     random.shuffle(masks)
 
     collated_masks = torch.stack(masks).flatten(1)
-    mask_indices_list = collated_masks.flatten().nonzero().flatten()
-    per_image = 1 / collated_masks.sum(-1).clamp(min=1.0)
-    masks_weight = per_image.unsqueeze(-1).expand_as(collated_masks)[collated_masks]
-
     out = {
         'collated_global_crops': collated_global.to(dtype) if dtype else collated_global,
         'collated_local_crops': collated_local.to(dtype) if dtype else collated_local,
         'collated_masks': collated_masks,
-        'mask_indices_list': mask_indices_list,
-        'masks_weight': masks_weight,
+        **mask_index_fields(collated_masks),
         'upperbound': upperbound,
-        'n_masked_patches': torch.full((1, ), mask_indices_list.shape[0], dtype=torch.long),
     }
     if _crops(data_batch[0], 'gram_teacher_crops') is not None:
         gram = stack('gram_teacher_crops', len(_crops(data_batch[0], 'gram_teacher_crops')))

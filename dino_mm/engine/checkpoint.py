@@ -601,6 +601,13 @@ class PlainCheckpointHook(Hook):
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        parts = getattr(self, '_partitioned_parts', None)
+        if parts:
+            for part in parts.values():
+                checkpoint['state_dict'].update(part['state_dict'])
+            checkpoint['partitioned_students'] = {
+                name: dict(optimizer=part['optimizer']) for name, part in parts.items()}
+            self._partitioned_parts = None
         plain = to_plain(checkpoint)
         checkpoint.clear()
         checkpoint.update(plain)
@@ -1071,6 +1078,13 @@ class SafeCheckpointHook(CheckpointHook):
         The hook priority is VERY_LOW, so hooks that add entries (e.g. an EMA state) run
         first and their entries are encoded too.
         """
+        parts = getattr(self, '_partitioned_parts', None)
+        if parts:
+            for part in parts.values():
+                checkpoint['state_dict'].update(part['state_dict'])
+            checkpoint['partitioned_students'] = {
+                name: dict(optimizer=part['optimizer']) for name, part in parts.items()}
+            self._partitioned_parts = None
         plain = to_plain(checkpoint)
         checkpoint.clear()
         checkpoint.update(plain)
@@ -1094,6 +1108,11 @@ class SafeCheckpointHook(CheckpointHook):
             # The list goes into the checkpoint itself, so that a resumed run rotates on.
             hub.update_info('keep_ckpt_ids', list(keep))
         hub.update_info('last_ckpt', path)
+        # Rank-partitioned models hold a part of the weights per rank group; gathering them
+        # is collective, so it happens here, where every rank is (save_checkpoint runs on
+        # rank 0 only), and before_save_checkpoint merges the parts into the checkpoint.
+        gather = getattr(_unwrap_model(runner.model), 'gather_partitioned_state', None)
+        self._partitioned_parts = gather(runner.optim_wrapper) if callable(gather) else None
         try:
             runner.save_checkpoint(
                 self.out_dir, filename, self.file_client_args,
@@ -1139,6 +1158,9 @@ class SafeCheckpointHook(CheckpointHook):
         super().after_load_checkpoint(runner, checkpoint)
         if not isinstance(checkpoint, Mapping):
             return
+        select = getattr(_unwrap_model(runner.model), 'select_partitioned_state', None)
+        if callable(select):
+            select(checkpoint)
         meta = checkpoint.get('meta')
         if isinstance(meta, Mapping) and meta.get('format') == 'dino_mm.dcp':
             return  # sharded: loaded by DCP against the model's own keys, strictly

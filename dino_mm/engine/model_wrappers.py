@@ -33,11 +33,21 @@ class DINODistributedDataParallel(MMDistributedDataParallel):
     parameters, so DDP ignores it, and the loss centers are all-reduced by the losses
     themselves (no buffer broadcast needed).
 
+    A module with a ``ddp_process_group`` attribute that is not None (rank-partitioned
+    :class:`dino_mm.MultiDistillation`: each rank holds one student) has its gradients
+    reduced in that group only, unless ``process_group`` is passed.
+
     Args:
         module (nn.Module): The model to wrap.
         **kwargs: :class:`torch.nn.parallel.DistributedDataParallel` arguments
             (``device_ids=None`` on CPU, as ``tools/train.py`` sets for gloo).
     """
+
+    def __init__(self, module, **kwargs) -> None:
+        group = getattr(module, 'ddp_process_group', None)
+        if group is not None and kwargs.get('process_group') is None:
+            kwargs['process_group'] = group
+        super().__init__(module=module, **kwargs)
 
     def train_step(self, data: dict, optim_wrapper: OptimWrapper) -> Dict[str, torch.Tensor]:
         """DDP forward (gradients all-reduced in backward), then the module's own update.

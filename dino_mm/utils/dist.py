@@ -15,23 +15,26 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def get_world_size() -> int:
-    """Number of ranks in the default group, 1 without a process group."""
-    return dist.get_world_size() if is_dist() else 1
+def get_world_size(group: Optional[dist.ProcessGroup] = None) -> int:
+    """Number of ranks in ``group`` (None: the default group), 1 without a process group."""
+    return dist.get_world_size(group) if is_dist() else 1
 
 
-def get_rank() -> int:
-    """Rank in the default group, 0 without a process group."""
-    return dist.get_rank() if is_dist() else 0
+def get_rank(group: Optional[dist.ProcessGroup] = None) -> int:
+    """Rank in ``group`` (None: the default group), 0 without a process group."""
+    return dist.get_rank(group) if is_dist() else 0
 
 
 def all_reduce(tensor: torch.Tensor,
-               async_op: bool = False) -> Optional[dist.Work]:
-    """Sum ``tensor`` in place over all ranks.
+               async_op: bool = False,
+               group: Optional[dist.ProcessGroup] = None) -> Optional[dist.Work]:
+    """Sum ``tensor`` in place over the ranks of ``group`` (None: all ranks).
 
     Args:
         tensor (torch.Tensor): Tensor reduced in place.
         async_op (bool): Return the work handle instead of waiting. Defaults to False.
+        group (ProcessGroup, optional): A subgroup (e.g. one student's ranks in
+            rank-partitioned multi-distillation). Defaults to the default group.
 
     Returns:
         Optional[dist.Work]: The handle when ``async_op`` is set and a process group
@@ -39,8 +42,23 @@ def all_reduce(tensor: torch.Tensor,
     """
     if not is_dist():
         return None
-    handle = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=async_op)
+    handle = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group, async_op=async_op)
     return handle if async_op else None
+
+
+@torch.no_grad()
+def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate ``tensor`` of every rank along ``dim``, in rank order (no autograd).
+
+    All ranks must pass tensors of the same shape. Without a process group the tensor itself
+    is returned.
+    """
+    if not is_dist():
+        return tensor
+    tensor = tensor.contiguous()
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor)
+    return torch.cat(parts, dim=dim)
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""DINOv3 three-stage chain on the tiny demo configs with the real MMEngine Runner.
+"""DINOv3 stage chain on the tiny demo configs with the real MMEngine Runner.
 
 Stage 1 (pretrain) -> stage 2 (Gram anchoring, Gram teacher from the stage-1 teacher,
 refreshed on schedule) -> stage 3 (high-resolution adaptation, multi-resolution batches,
-student started from the stage-2 teacher). Each stage config inherits the previous one and
+student started from the stage-2 teacher) -> stage 4 (distillation: the stage-3 teacher,
+frozen, into a narrower student). Each stage config inherits the previous one and
 names it (``StageCheckpointHook(previous_stage=...)``): its checkpoint is found in the
 sibling work dir, with no path typed by hand; an explicit ``load_from`` still wins. Wrong or
 missing checkpoints fail before the first iteration.
@@ -82,7 +83,7 @@ def stage1(digits_root, tmp_path_factory):
     return ckpt, runner
 
 
-def test_three_stage_chain(digits_root, stage1):
+def test_stage_chain(digits_root, stage1):
     ckpt1, _ = stage1
     work_dirs = osp.dirname(osp.dirname(ckpt1))
     state1 = torch.load(ckpt1, map_location='cpu', weights_only=True)['state_dict']
@@ -138,7 +139,57 @@ def test_three_stage_chain(digits_root, stage1):
             torch.testing.assert_close(snap3.state[key], value, msg=key)
     assert set(snap3.batch_sizes) <= {(32, 32), (48, 48)}
     assert runner3.iter == 4
-    assert osp.isfile(osp.join(work_dirs, 'dinov3_vit-tiny_digits_hr', 'iter_4.pth'))
+    ckpt3 = osp.join(work_dirs, 'dinov3_vit-tiny_digits_hr', 'iter_4.pth')
+    assert osp.isfile(ckpt3)
+    state3 = torch.load(ckpt3, map_location='cpu', weights_only=True)['state_dict']
+
+    # ---- stage 4: distillation; the frozen teacher is the stage-3 teacher, by convention
+    cfg4 = _cfg('dinov3_vit-tiny_digits_distill.py', digits_root,
+                osp.join(work_dirs, 'dinov3_vit-tiny_digits_distill'), 3)
+    assert cfg4.model.teacher_ckpt is None and cfg4.load_from is None
+    snap4 = Snapshot()
+    runner4 = _run(cfg4, snap4)
+    model4 = runner4.model
+    assert model4.teacher_ckpt == ckpt3
+    teacher_keys = [k for k in snap4.state if k.startswith('teacher.')]
+    assert teacher_keys and len(teacher_keys) == len(
+        [k for k in state3 if k.startswith('teacher.')])
+    for key in teacher_keys:  # loaded before the first iteration, and frozen after
+        torch.testing.assert_close(snap4.state[key], state3[key], msg=key)
+        torch.testing.assert_close(model4.state_dict()[key], state3[key], msg=key)
+    student = model4.student.backbone
+    assert student.embed_dim == 32 and model4.teacher.backbone.embed_dim == 64
+    moved = [k for k, v in model4.student.state_dict().items()
+             if not torch.equal(v, snap4.state['student.' + k])]
+    assert moved, 'the student did not train'
+    assert runner4.iter == 3
+    logs = open(osp.join(runner4.log_dir, f'{runner4.timestamp}.log')).read()
+    assert (f'the frozen teacher is stage "dinov3_vit-tiny_digits_hr" from "{ckpt3}"'
+            in logs)
+    assert 'train/dino_local_crops_loss' in runner4.message_hub.log_scalars
+
+
+def test_distillation_stage_without_its_teacher_fails_before_training(digits_root, tmp_path):
+    cfg = _cfg('dinov3_vit-tiny_digits_distill.py', digits_root,
+               tmp_path / 'dinov3_vit-tiny_digits_distill', 2)
+    with pytest.raises(FileNotFoundError, match=r'continues "dinov3_vit-tiny_digits_hr", but '
+                       r'".*dinov3_vit-tiny_digits_hr/last_checkpoint" does not exist: run '
+                       r'that(.|\n)*or set model\.teacher_ckpt'):
+        Runner.from_cfg(cfg).train()
+    # A teacher file of another architecture is refused by init_weights, naming the file.
+    cfg1 = Config.fromfile(osp.join(DEMO, 'dinov3_vit-tiny_digits.py'))
+    other = copy.deepcopy(cfg1.model)
+    other.backbone.embed_dim = 32
+    from dino_mm.registry import MODELS
+    bad = str(tmp_path / 'other_teacher.pth')
+    torch.save({'state_dict': MODELS.build(other).state_dict()}, bad)
+    cfg = _cfg('dinov3_vit-tiny_digits_distill.py', digits_root, tmp_path / 'w', 2,
+               model=dict(teacher_ckpt=bad))
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match=r'model\.teacher_ckpt: checkpoint ".*other_teacher'
+                       r'\.pth" does not match'):
+        runner.train()
+    assert runner.iter == 0
 
 
 def test_stage_with_missing_checkpoint_fails_before_training(digits_root, tmp_path):
@@ -205,6 +256,14 @@ def test_pretrain_configs_parse_with_official_values(name, model_type):
     if name == 'dinov3_vit7b16_high_res_adapt.py':
         assert cfg.train_dataloader.batch_sampler.ratios == [0.3, 0.3, 0.3, 0.05, 0.05]
         assert hooks['dino_mm.StageCheckpointHook'].student_from_teacher
+    if model_type in ('dino_mm.DINOv3Distillation', 'dino_mm.MultiDistillation'):
+        # The teacher is the previous stage's last checkpoint, found by convention.
+        stage = hooks['dino_mm.StageCheckpointHook']
+        assert stage.load_previous_as == 'teacher_ckpt' and cfg.model.teacher_ckpt is None
+        assert stage.previous_stage == {
+            'dino_mm.DINOv3Distillation': 'dinov3_vitl16_im1k_lin834',
+            'dino_mm.MultiDistillation': 'dinov3_vit7b16_high_res_adapt'}[model_type]
+        assert hooks['dino_mm.TeacherMomentumHook'].final_momentum_teacher == 1.0
     if model_type == 'dino_mm.MultiDistillation':
         assert list(cfg.model.students) == ['vits_mlp4_4', 'vitsp_swiglu6_1', 'vitb_mlp4_3',
                                             'vitl_mlp4_1']

@@ -3,7 +3,8 @@
 :class:`StageCheckpointHook` finds the previous stage's checkpoint by convention (the
 ``last_checkpoint`` of its work dir), checks, before anything is initialised or loaded, that
 it exists and fits the model, and can start the student from the loaded teacher (official
-``student.resume_from_teacher_chkpt``).
+``student.resume_from_teacher_chkpt``). A distillation stage takes the previous stage's
+checkpoint as its frozen teacher instead (``load_previous_as='teacher_ckpt'``).
 """
 import os.path as osp
 from typing import Optional, Sequence
@@ -29,12 +30,19 @@ def _set_load_from(runner, path: str) -> None:
 
 
 def previous_stage_checkpoint(work_dir: str, previous_stage: str,
-                              previous_work_dir: Optional[str] = None) -> str:
+                              previous_work_dir: Optional[str] = None,
+                              what: str = 'load_from') -> str:
     """The last checkpoint of the previous stage, by the work-dir convention.
 
     ``tools/train.py`` runs a config ``X.py`` in ``work_dirs/X``; the previous stage's run is
     the sibling folder ``<parent of work_dir>/<previous_stage>`` (or ``previous_work_dir``),
     and MMEngine's ``last_checkpoint`` file there names its newest checkpoint.
+
+    Args:
+        work_dir (str): This stage's work dir.
+        previous_stage (str): The previous stage's config name.
+        previous_work_dir (str, optional): Its work dir, when not the sibling folder.
+        what (str): The config entry a user can set instead, for the error message.
 
     Raises:
         FileNotFoundError: The previous stage has not run (or wrote no checkpoint); the
@@ -46,7 +54,7 @@ def previous_stage_checkpoint(work_dir: str, previous_stage: str,
         raise FileNotFoundError(
             f'StageCheckpointHook: this stage continues "{previous_stage}", but "{marker}" '
             'does not exist: run that stage first (python tools/train.py '
-            f'configs/.../{previous_stage}.py, which writes to {folder}), or set load_from '
+            f'configs/.../{previous_stage}.py, which writes to {folder}), or set {what} '
             'to its checkpoint.')
     with open(marker, encoding='utf-8') as f:
         path = f.read().strip()
@@ -55,7 +63,7 @@ def previous_stage_checkpoint(work_dir: str, previous_stage: str,
     if not osp.isfile(path):
         raise FileNotFoundError(f'StageCheckpointHook: "{marker}" names "{path}", which does '
                                 f'not exist; rerun the "{previous_stage}" stage or set '
-                                'load_from to one of its checkpoints.')
+                                f'{what} to one of its checkpoints.')
     return path
 
 
@@ -74,6 +82,11 @@ class StageCheckpointHook(Hook):
     ``gram_ckpt`` is unset then takes its Gram teacher from that checkpoint's EMA teacher
     (official stages 2 and 3).
 
+    With ``load_previous_as='teacher_ckpt'`` (distillation, official stage 4) the previous
+    stage's checkpoint becomes the model's ``teacher_ckpt`` (the frozen teacher, loaded
+    strictly by ``init_weights`` right after this hook) unless the config sets one; the
+    students start from their own initialisation and ``load_from`` is not required.
+
     With ``student_from_teacher`` the student is overwritten with the loaded teacher at the
     start of a fresh run (official ``student.resume_from_teacher_chkpt``, stage 3).
 
@@ -86,6 +99,9 @@ class StageCheckpointHook(Hook):
         allow_missing (Sequence[str]): Model key prefixes the checkpoint may lack.
             Defaults to ``('gram_teacher.', )`` (stage 1 has no Gram teacher).
         student_from_teacher (bool): Defaults to False.
+        load_previous_as (str): ``'load_from'`` (the whole model continues, stages 2-3) or
+            ``'teacher_ckpt'`` (the frozen teacher of a distillation). Defaults to
+            ``'load_from'``.
     """
 
     priority = 'VERY_HIGH'
@@ -95,7 +111,16 @@ class StageCheckpointHook(Hook):
                  previous_work_dir: Optional[str] = None,
                  require_load_from: bool = True,
                  allow_missing: Sequence[str] = ('gram_teacher.', ),
-                 student_from_teacher: bool = False) -> None:
+                 student_from_teacher: bool = False,
+                 load_previous_as: str = 'load_from') -> None:
+        if load_previous_as not in ('load_from', 'teacher_ckpt'):
+            raise ValueError("StageCheckpointHook: load_previous_as must be 'load_from' or "
+                             f"'teacher_ckpt', got {load_previous_as!r}.")
+        if load_previous_as == 'teacher_ckpt' and student_from_teacher:
+            raise ValueError('StageCheckpointHook: student_from_teacher needs '
+                             "load_previous_as='load_from' (a distillation student starts "
+                             'from its own initialisation).')
+        self.load_previous_as = load_previous_as
         self.previous_stage = previous_stage
         self.previous_work_dir = previous_work_dir
         self.require_load_from = require_load_from
@@ -108,6 +133,9 @@ class StageCheckpointHook(Hook):
         if resume:
             return
         model = _unwrap(runner.model)
+        if self.load_previous_as == 'teacher_ckpt':
+            self._set_teacher(runner, model)
+            return
         if not path and self.previous_stage:
             path = previous_stage_checkpoint(runner.work_dir, self.previous_stage,
                                              self.previous_work_dir)
@@ -127,6 +155,23 @@ class StageCheckpointHook(Hook):
         check_checkpoint_compatibility(path, model.state_dict(), 'load_from',
                                        ignore_missing=self.allow_missing)
         runner.logger.info(f'StageCheckpointHook: load_from "{path}" matches the model.')
+
+    def _set_teacher(self, runner, model) -> None:
+        if not hasattr(model, 'teacher_ckpt'):
+            raise TypeError(f"StageCheckpointHook(load_previous_as='teacher_ckpt'): "
+                            f'{type(model).__name__} has no teacher_ckpt; use it with '
+                            'DINOv3Distillation or MultiDistillation.')
+        if model.teacher_ckpt:  # set in the config: it wins over the convention
+            return
+        if not self.previous_stage:
+            raise ValueError('StageCheckpointHook: this distillation stage has no teacher: set '
+                             'previous_stage to the stage whose checkpoint is the teacher, or '
+                             'model.teacher_ckpt to a checkpoint file.')
+        model.teacher_ckpt = previous_stage_checkpoint(runner.work_dir, self.previous_stage,
+                                                       self.previous_work_dir,
+                                                       what='model.teacher_ckpt')
+        runner.logger.info(f'StageCheckpointHook: the frozen teacher is stage '
+                           f'"{self.previous_stage}" from "{model.teacher_ckpt}".')
 
     def before_train(self, runner) -> None:
         if not self.student_from_teacher or runner.iter != 0:

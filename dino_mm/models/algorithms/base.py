@@ -268,9 +268,19 @@ class SSLMetaArch(SSLOptimizationMixin, BaseModel):
             dict: ``dino`` (n_g, B, K) DINO targets (None without DINO loss) and ``ibot``
             (M, K_ibot) iBOT targets (None without iBOT).
         """
+        t_cls_head, t_patch_head = self.teacher_head_outputs(inputs)
+        return self.targets_from_logits(t_cls_head, t_patch_head, inputs['n_masked_patches'])
+
+    @torch.no_grad()
+    def teacher_head_outputs(
+            self, inputs: Dict[str, Any]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Teacher backbone and heads: (n_g*B, K) class-token logits and (M, K_ibot) logits
+        of the masked patch tokens (None without iBOT)."""
         teacher = self.teacher
         mask_indices_list = inputs['mask_indices_list']
-        crops = inputs['global_crops'].to(next(teacher.parameters()).dtype)
+        crops = inputs.get('teacher_crops')  # a variant may give the teacher other pixels
+        crops = (inputs['global_crops'] if crops is None else crops).to(
+            next(teacher.parameters()).dtype)
         out = teacher.backbone.forward_features(crops)
         t_cls = out['x_norm_clstoken']
         n_cls = t_cls.shape[0]
@@ -285,7 +295,23 @@ class SSLMetaArch(SSLOptimizationMixin, BaseModel):
                 t_cls_head, t_patch_head = tokens[:n_cls], tokens[n_cls:]
         else:
             t_cls_head = teacher.dino_head(t_cls)
+        return t_cls_head, t_patch_head
 
+    @torch.no_grad()
+    def targets_from_logits(self, t_cls_head: torch.Tensor,
+                            t_patch_head: Optional[torch.Tensor],
+                            n_masked_patches: torch.Tensor,
+                            group: Optional[Any] = None) -> Dict[str, Optional[torch.Tensor]]:
+        """Softmax-centered or Sinkhorn-Knopp targets at :attr:`teacher_temp`.
+
+        Args:
+            t_cls_head (torch.Tensor): (n_g*B, K) teacher class-token logits, crop-major.
+            t_patch_head (torch.Tensor, optional): (M, K_ibot) masked patch-token logits.
+            n_masked_patches (torch.Tensor): (1,) M on this rank.
+            group (ProcessGroup, optional): The ranks whose samples one Sinkhorn-Knopp
+                normalises together (None: all ranks); rank-partitioned multi-distillation
+                passes each student's subgroup.
+        """
         dino = ibot = None
         temp = self.teacher_temp
         if self.centering == 'centering':
@@ -300,10 +326,10 @@ class SSLMetaArch(SSLOptimizationMixin, BaseModel):
                     self.ibot_patch_loss.update_center(t_patch_head.unsqueeze(0))
         else:
             if self.do_dino:
-                dino = self.dino_loss.sinkhorn_knopp_teacher(t_cls_head, temp)
+                dino = self.dino_loss.sinkhorn_knopp_teacher(t_cls_head, temp, group=group)
             if self.do_ibot:
                 ibot = self.ibot_patch_loss.sinkhorn_knopp_teacher(
-                    t_patch_head, temp, n_masked_patches_tensor=inputs['n_masked_patches'])
+                    t_patch_head, temp, n_masked_patches_tensor=n_masked_patches, group=group)
         if dino is not None:
             dino = dino.view(self.n_global_crops, -1, dino.shape[-1])
         return dict(dino=dino, ibot=ibot)

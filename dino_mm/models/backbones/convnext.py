@@ -211,6 +211,9 @@ class DinoConvNeXt(BaseModule):
             elif isinstance(m, nn.LayerNorm):
                 m.reset_parameters()
 
+    #: Input pixels per side of a ``forward_features`` patch token (stem 4, then 3 x 2).
+    token_stride = 32
+
     def init_weights(self) -> None:
         """Official random init, or what ``init_cfg`` asks for.
 

@@ -399,6 +399,11 @@ class DinoVisionTransformer(BaseModule):
                 m.reset_parameters()
             init_linear(m)
 
+    @property
+    def token_stride(self) -> int:
+        """Input pixels per patch token side (the patch size)."""
+        return self.patch_size
+
     def init_weights(self) -> None:
         """Load ``init_cfg=dict(type='Pretrained', ...)`` strictly, else official init.
 

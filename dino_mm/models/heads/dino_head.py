@@ -114,8 +114,15 @@ class DINOHead(nn.Module):
         Returns:
             torch.Tensor: (..., out_dim) prototype logits.
         """
+        return self.last_layer(self.project(x))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """MLP and L2 normalisation: the (..., bottleneck_dim) input of ``last_layer``.
+
+        Rank-partitioned multi-distillation exchanges these between ranks instead of the
+        ``out_dim``-wide logits (official ``no_last_layer`` / ``only_last_layer``).
+        """
         x = self.mlp(x)
         # 1e-12 underflows in fp16.
         eps = 1e-6 if x.dtype == torch.float16 else 1e-12
-        x = F.normalize(x, dim=-1, p=2, eps=eps)
-        return self.last_layer(x)
+        return F.normalize(x, dim=-1, p=2, eps=eps)

@@ -8,7 +8,7 @@ Two ways of turning teacher logits into targets exist in DINOv2 (docs/reference.
 * Sinkhorn-Knopp: three rounds of alternating prototype / sample normalisation of
   ``exp(t / temp)``, with the sums taken over all ranks.
 """
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -68,7 +68,8 @@ class LazyCenterMixin(nn.Module):
 def sinkhorn_knopp(teacher_output: torch.Tensor,
                    teacher_temp: float,
                    n_samples: Union[int, torch.Tensor],
-                   n_iterations: int = 3) -> torch.Tensor:
+                   n_iterations: int = 3,
+                   group: Optional[Any] = None) -> torch.Tensor:
     """Sinkhorn-Knopp assignment of teacher logits, summing over all ranks.
 
     Args:
@@ -77,6 +78,7 @@ def sinkhorn_knopp(teacher_output: torch.Tensor,
         n_samples (int | torch.Tensor): Number of samples over *all* ranks (the column
             normaliser ``B``); an already reduced scalar tensor is accepted.
         n_iterations (int): Rounds of row/column normalisation. Defaults to 3.
+        group (ProcessGroup, optional): The ranks summed over (None: all ranks).
 
     Returns:
         torch.Tensor: fp32 targets of shape (N, K); each row sums to 1.
@@ -86,11 +88,11 @@ def sinkhorn_knopp(teacher_output: torch.Tensor,
     q = torch.exp(teacher_output.float() / teacher_temp).t()
     n_prototypes = q.shape[0]
     total = q.sum()
-    all_reduce(total)
+    all_reduce(total, group=group)
     q /= total
     for _ in range(n_iterations):
         row_sums = q.sum(dim=1, keepdim=True)
-        all_reduce(row_sums)
+        all_reduce(row_sums, group=group)
         q /= row_sums
         q /= n_prototypes
         q /= q.sum(dim=0, keepdim=True)

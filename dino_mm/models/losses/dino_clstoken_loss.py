@@ -1,6 +1,6 @@
 """DINO cross-entropy between student and teacher class-token prototypes (docs/reference.md §3.5,
 §4.1)."""
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,16 +51,18 @@ class DINOLoss(LazyCenterMixin):
     def sinkhorn_knopp_teacher(self,
                                teacher_output: torch.Tensor,
                                teacher_temp: float,
-                               n_iterations: int = 3) -> torch.Tensor:
-        """Sinkhorn-Knopp targets; every rank contributes ``N`` samples.
+                               n_iterations: int = 3,
+                               group: Optional[Any] = None) -> torch.Tensor:
+        """Sinkhorn-Knopp targets; every rank of ``group`` contributes ``N`` samples.
 
         Args:
             teacher_output (torch.Tensor): Teacher logits of this rank, shape (N, K).
             teacher_temp (float): Teacher temperature.
             n_iterations (int): Normalisation rounds. Defaults to 3.
+            group (ProcessGroup, optional): The ranks normalised together (None: all).
         """
-        n_samples = teacher_output.shape[0] * get_world_size()
-        return sinkhorn_knopp(teacher_output, teacher_temp, n_samples, n_iterations)
+        n_samples = teacher_output.shape[0] * get_world_size(group)
+        return sinkhorn_knopp(teacher_output, teacher_temp, n_samples, n_iterations, group)
 
     def forward(self,
                 student_output_list: Sequence[torch.Tensor],

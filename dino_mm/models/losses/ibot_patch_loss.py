@@ -1,5 +1,5 @@
 """iBOT masked-patch cross-entropy (docs/reference.md §3.5)."""
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,8 @@ class iBOTPatchLoss(LazyCenterMixin):  # noqa: N801 (official class name)
                                teacher_output: torch.Tensor,
                                teacher_temp: float,
                                n_masked_patches_tensor: torch.Tensor,
-                               n_iterations: int = 3) -> torch.Tensor:
+                               n_iterations: int = 3,
+                               group: Optional[Any] = None) -> torch.Tensor:
         """Sinkhorn-Knopp targets for the masked patches of this rank.
 
         Args:
@@ -70,11 +71,12 @@ class iBOTPatchLoss(LazyCenterMixin):  # noqa: N801 (official class name)
                 (shape (1,)); summed over ranks to get the column normaliser. Unlike the
                 official code the caller's tensor is not modified in place.
             n_iterations (int): Normalisation rounds. Defaults to 3.
+            group (ProcessGroup, optional): The ranks normalised together (None: all).
         """
         n_total = torch.as_tensor(n_masked_patches_tensor,
                                   device=teacher_output.device).clone()
-        all_reduce(n_total)
-        return sinkhorn_knopp(teacher_output, teacher_temp, n_total, n_iterations)
+        all_reduce(n_total, group=group)
+        return sinkhorn_knopp(teacher_output, teacher_temp, n_total, n_iterations, group)
 
     def forward(self, student_patch_tokens: torch.Tensor, teacher_patch_tokens: torch.Tensor,
                 student_masks_flat: torch.Tensor) -> torch.Tensor:

@@ -143,3 +143,84 @@ def test_multi_distillation_each_student_only_gets_its_own_gradient(real_images)
     with pytest.raises(ValueError, match='patch size'):
         MultiDistillation(teacher=TEACHER, students={'c': dict(
             backbone=dict(vit(32), patch_size=4), dino_head=HEAD, ibot_head=IBOT)})
+
+
+def test_rank_ranges_must_tile_the_ranks():
+    from dino_mm.models.algorithms.distillation import check_rank_ranges
+    assert check_rank_ranges({'s': [0, 48], 'b': (48, 96)}, 96) == [('s', 0, 48),
+                                                                   ('b', 48, 96)]
+    with pytest.raises(ValueError, match="student 'b' has ranks_range=None"):
+        check_rank_ranges({'s': [0, 2], 'b': None}, 4)
+    with pytest.raises(ValueError, match="student 'b' starts at rank 1, expected 2"):
+        check_rank_ranges({'s': [0, 2], 'b': [1, 4]}, 4)  # overlap
+    with pytest.raises(ValueError, match="student 'b' starts at rank 3, expected 2"):
+        check_rank_ranges({'s': [0, 2], 'b': [3, 4]}, 4)  # gap
+    with pytest.raises(ValueError, match=r'cover ranks \[0, 4\), but the job has 8 ranks'):
+        check_rank_ranges({'s': [0, 2], 'b': [2, 4]}, 8)
+    with pytest.raises(ValueError, match='ranks_range=\\[3, 1\\]'):
+        check_rank_ranges({'s': [3, 1]}, 4)
+
+
+def test_single_process_ignores_rank_ranges_and_builds_every_student():
+    students = {'a': dict(backbone=vit(32), dino_head=HEAD, ibot_head=IBOT, ranks_range=[0, 2]),
+                'b': dict(backbone=vit(48), dino_head=HEAD, ibot_head=IBOT, ranks_range=[2, 4])}
+    model = MultiDistillation(teacher=TEACHER, students=students)
+    assert sorted(model.students) == ['a', 'b'] and not model.partitioned
+
+
+def test_resolution_scale_downsamples_the_teacher_crops_to_the_student_grid(real_images):
+    """A ViT/8 teacher at half resolution has the token grid of a ViT/16 student."""
+    import torch.nn.functional as F
+    with pytest.raises(ValueError, match='set teacher_to_student_resolution_scale=2'):
+        MultiDistillation(teacher=TEACHER, students={'a': dict(
+            backbone=dict(vit(32), patch_size=16), dino_head=HEAD, ibot_head=IBOT)})
+    students = {'a': dict(backbone=dict(vit(32), patch_size=16), dino_head=HEAD,
+                          ibot_head=IBOT)}
+    model = MultiDistillation(teacher=TEACHER, students=students,
+                              teacher_to_student_resolution_scale=2.0)
+    model.init_weights()
+    batch = real_batches(real_images, 1)[0]  # masks for patches of 8: the wrong grid
+    with pytest.raises(ValueError, match=r'give the students 4 patch tokens \(token stride '
+                       r'16\), but the iBOT masks have 16; set the collate patch_size to 16'):
+        model(**batch, mode='loss')
+    transform = DINOMultiCrop(global_crops_size=GLOBAL, local_crops_size=LOCAL,
+                              local_crops_number=2)
+    samples = [transform({'img': Image.fromarray(real_images[k])}) for k in sorted(real_images)]
+    batch = dino_collate(samples, patch_size=16)  # official: student patch x scale
+    inputs = model.prepare_inputs(**batch)
+    model.teacher_output(inputs)
+    expected = F.interpolate(batch['collated_global_crops'], scale_factor=0.5, mode='bilinear',
+                             antialias=True)
+    torch.testing.assert_close(inputs['teacher_crops'], expected, atol=0, rtol=0)
+    assert inputs['global_crops'].shape[-1] == GLOBAL  # the student sees the full crops
+    seen = []
+    original = model.teacher.backbone.forward_features
+    model.teacher.backbone.forward_features = lambda x: seen.append(x.shape) or original(x)
+    losses = model(**batch, mode='loss')
+    assert seen == [(2 * len(samples), 3, 16, 16)]
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_convnext_students_learn_from_a_vit_teacher(real_images):
+    """Official ConvNeXt distillation: ConvNeXt tokens are 32 px apart, a ViT/16 teacher at
+    half resolution gives the same grid (here: a ViT/8 teacher at 1/4)."""
+    tiny = dict(type='dino_mm.DinoConvNeXt', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+    students = {'convnext': dict(backbone=tiny, dino_head=HEAD, ibot_head=IBOT),
+                'vit': dict(backbone=dict(vit(32, heads=2), patch_size=32), dino_head=HEAD,
+                            ibot_head=IBOT)}
+    model = MultiDistillation(teacher=TEACHER, students=students,
+                              teacher_to_student_resolution_scale=4.0)
+    model.init_weights()
+    model.train()
+    transform = DINOMultiCrop(global_crops_size=64, local_crops_size=32, local_crops_number=2)
+    samples = [transform({'img': Image.fromarray(real_images[k])}) for k in sorted(real_images)]
+    batch = dino_collate(samples, patch_size=32, mask_probability=1.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = OptimWrapper(torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0))
+    first = model.train_step(batch, optim)
+    for _ in range(6):
+        last = model.train_step(batch, optim)
+    assert 'convnext.ibot_loss' in last and 'convnext.grad_norm_backbone' in last
+    total = {k: sum(v.item() for n, v in d.items() if n.startswith('convnext.') and
+                    n.endswith('_loss')) for k, d in (('first', first), ('last', last))}
+    assert total['last'] < total['first'], total
