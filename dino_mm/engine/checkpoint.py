@@ -601,13 +601,6 @@ class PlainCheckpointHook(Hook):
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        parts = getattr(self, '_partitioned_parts', None)
-        if parts:
-            for part in parts.values():
-                checkpoint['state_dict'].update(part['state_dict'])
-            checkpoint['partitioned_students'] = {
-                name: dict(optimizer=part['optimizer']) for name, part in parts.items()}
-            self._partitioned_parts = None
         plain = to_plain(checkpoint)
         checkpoint.clear()
         checkpoint.update(plain)
