@@ -286,8 +286,8 @@ def tiny_detection(cfg: Config) -> Config:
 
 def tiny_demo(cfg: Config) -> Config:
     """The demo recipes are already tiny (digits); they build as shipped."""
-    assert cfg.model.type in ('dino_mm.DINOv2', 'dino_mm.DINOv3', 'dino_mm.DINOTxt',
-                              'mmpretrain.ImageClassifier'), cfg.model.type
+    assert cfg.model.type in ('dino_mm.DINOv2', 'dino_mm.DINOv3', 'dino_mm.DINOv3Distillation',
+                              'dino_mm.DINOTxt', 'mmpretrain.ImageClassifier'), cfg.model.type
     return cfg
 
 
