@@ -1153,7 +1153,8 @@ class SafeCheckpointHook(CheckpointHook):
             return
         select = getattr(_unwrap_model(runner.model), 'select_partitioned_state', None)
         if callable(select):
-            select(checkpoint)
+            from dino_mm.engine.hooks.stage_hooks import _load_from_and_resume
+            select(checkpoint, resuming=_load_from_and_resume(runner)[1])
         meta = checkpoint.get('meta')
         if isinstance(meta, Mapping) and meta.get('format') == 'dino_mm.dcp':
             return  # sharded: loaded by DCP against the model's own keys, strictly

@@ -169,6 +169,15 @@ def test_stage_chain(digits_root, stage1):
     assert 'train/dino_local_crops_loss' in runner4.message_hub.log_scalars
 
 
+def _other_width_checkpoint(path) -> str:
+    """A stage-1 demo model with embed_dim 32 (the demo's is 64), saved to ``path``."""
+    from dino_mm.registry import MODELS
+    other = copy.deepcopy(Config.fromfile(osp.join(DEMO, 'dinov3_vit-tiny_digits.py')).model)
+    other.backbone.embed_dim = 32
+    torch.save({'state_dict': MODELS.build(other).state_dict()}, str(path))
+    return str(path)
+
+
 def test_distillation_stage_without_its_teacher_fails_before_training(digits_root, tmp_path):
     cfg = _cfg('dinov3_vit-tiny_digits_distill.py', digits_root,
                tmp_path / 'dinov3_vit-tiny_digits_distill', 2)
@@ -177,12 +186,7 @@ def test_distillation_stage_without_its_teacher_fails_before_training(digits_roo
                        r'that(.|\n)*or set model\.teacher_ckpt'):
         Runner.from_cfg(cfg).train()
     # A teacher file of another architecture is refused by init_weights, naming the file.
-    cfg1 = Config.fromfile(osp.join(DEMO, 'dinov3_vit-tiny_digits.py'))
-    other = copy.deepcopy(cfg1.model)
-    other.backbone.embed_dim = 32
-    from dino_mm.registry import MODELS
-    bad = str(tmp_path / 'other_teacher.pth')
-    torch.save({'state_dict': MODELS.build(other).state_dict()}, bad)
+    bad = _other_width_checkpoint(tmp_path / 'other_teacher.pth')
     cfg = _cfg('dinov3_vit-tiny_digits_distill.py', digits_root, tmp_path / 'w', 2,
                model=dict(teacher_ckpt=bad))
     runner = Runner.from_cfg(cfg)
@@ -205,12 +209,7 @@ def test_stage_with_missing_checkpoint_fails_before_training(digits_root, tmp_pa
 def test_stage_with_incompatible_checkpoint_fails_before_training(
         digits_root, stage1, tmp_path):
     ckpt1, _ = stage1
-    cfg1 = Config.fromfile(osp.join(DEMO, 'dinov3_vit-tiny_digits.py'))
-    other = copy.deepcopy(cfg1.model)
-    other.backbone.embed_dim = 32
-    from dino_mm.registry import MODELS
-    bad = str(tmp_path / 'other_arch.pth')
-    torch.save({'state_dict': MODELS.build(other).state_dict()}, bad)
+    bad = _other_width_checkpoint(tmp_path / 'other_arch.pth')
     cfg = _cfg('dinov3_vit-tiny_digits_gram.py', digits_root, tmp_path / 'w', 2, load_from=bad,
                model=dict(gram_ckpt=ckpt1))
     runner = Runner.from_cfg(cfg)

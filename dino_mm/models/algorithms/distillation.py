@@ -459,19 +459,24 @@ class MultiDistillation(SSLMetaArch):
             return None
         return {p[0]: dict(state_dict=p[1], optimizer=p[2]) for p in parts if p is not None}
 
-    def select_partitioned_state(self, checkpoint: dict) -> None:
+    def select_partitioned_state(self, checkpoint: dict, resuming: bool) -> None:
         """Fit a loaded checkpoint of a rank-partitioned run to this rank (in place): keep
         the teacher and this rank's student, and take its optimizer state.
 
+        Args:
+            checkpoint (dict): The loaded checkpoint.
+            resuming (bool): Whether the run resumes (and so loads the optimizer state) or
+                only takes the weights (``load_from``).
+
         Raises:
-            ValueError: A replicated run (every student on every rank) cannot continue the
+            ValueError: A replicated run (every student on every rank) cannot resume the
                 optimizer of a rank-partitioned one.
         """
         parts = checkpoint.get('partitioned_students')
         if not isinstance(parts, dict):
             return
         if not self.partitioned:
-            if 'optimizer' in checkpoint:
+            if resuming:
                 raise ValueError(
                     'MultiDistillation: this checkpoint was written by a rank-partitioned '
                     f'run (students {sorted(parts)}, each with its own optimizer); resume it '

@@ -224,3 +224,14 @@ def test_convnext_students_learn_from_a_vit_teacher(real_images):
     total = {k: sum(v.item() for n, v in d.items() if n.startswith('convnext.') and
                     n.endswith('_loss')) for k, d in (('first', first), ('last', last))}
     assert total['last'] < total['first'], total
+
+
+def test_replicated_run_takes_weights_but_refuses_to_resume_a_partitioned_checkpoint():
+    students = {'a': dict(backbone=vit(32), dino_head=HEAD, ibot_head=IBOT)}
+    model = MultiDistillation(teacher=TEACHER, students=students)
+    ckpt = dict(state_dict=model.state_dict(), optimizer={'state': {}},
+                partitioned_students={'a': dict(optimizer={'state': {}})})
+    model.select_partitioned_state(ckpt, resuming=False)  # load_from: the weights fit
+    assert set(ckpt['state_dict']) == set(model.state_dict())
+    with pytest.raises(ValueError, match='resume it with the same ranks_range layout'):
+        model.select_partitioned_state(ckpt, resuming=True)
