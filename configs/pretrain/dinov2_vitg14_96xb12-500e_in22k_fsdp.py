@@ -1,6 +1,9 @@
-# dinov2_vitg14_96xb12-500e_in22k sharded with FSDP2 (per-block wrapping, bf16 compute, fp32 head reductions).
+# dinov2_vitg14_96xb12-500e_in22k sharded with FSDP2 (per-block wrapping, official fp16 compute with a sharded gradient scaler, fp32 head reductions).
 # Launch: GPUS=... GPUS_PER_NODE=8 bash tools/slurm_train.sh PARTITION JOB \
 #         configs/pretrain/dinov2_vitg14_96xb12-500e_in22k_fsdp.py
 # Checkpoints are folders; consolidate one with tools/convert/consolidate_sharded.py.
 _base_ = ['./dinov2_vitg14_96xb12-500e_in22k.py', '../_base_/schedules/dinov2_pretrain_fsdp.py']
 strategy = dict(activation_checkpointing=True)
+# Official ShardedGradScaler (dynamic scale from 2**16); the optimizer, constructor and
+# param-wise settings of the recipe carry over.
+optim_wrapper = dict(type='dino_mm.FP16OptimWrapper', loss_scale='dynamic')

@@ -42,6 +42,7 @@ from .checkpoint import (CheckpointError, atomic_torch_save, is_sharded_checkpoi
 
 __all__ = [
     'DINOFSDPStrategy', 'shard_dino_model', 'shard_model_units', 'has_fsdp_units',
+    'frozen_components', 'reshard_fsdp', 'MIXED_PRECISION_PRESETS',
     'fsdp_update_teacher', 'check_identical_sharding',
     'save_sharded_checkpoint', 'load_sharded_checkpoint', 'is_sharded_checkpoint',
     'read_sharded_state_dict', 'read_dcp_metadata', 'META_FILE'
@@ -54,15 +55,27 @@ _DTYPES = {
     'float16': torch.float16, 'half': torch.float16, 'bf16': torch.bfloat16,
     'bfloat16': torch.bfloat16, None: None
 }
-# Official DINOv2 FSDP precision (docs/reference.md §3.10), with bf16 instead of fp16: bf16
-# needs no loss scaling, which FSDP2 + MMEngine's AmpOptimWrapper do not provide together.
-# The heads of the student keep fp32 gradient reductions, as the official config does.
+# FSDP2 precision presets of DINOv2-style models (docs/reference.md §3.10): half-precision
+# parameters and compute, fp32 gradient reductions for the student heads, fp32 buffers (loss
+# centers) and fp32 sharded master weights. The teacher's entries also cover the other frozen
+# components (the DINOv3 Gram teacher).
+# 'fp16' is the official DINOv2 table; fp16 gradients need loss scaling, so the strategy asks
+# for an optim wrapper with a ``loss_scaler`` (dino_mm.FP16OptimWrapper: ShardedGradScaler).
+FP16_MIXED_PRECISION = dict(
+    student=dict(backbone=dict(param_dtype='fp16', reduce_dtype='fp16'),
+                 dino_head=dict(param_dtype='fp16', reduce_dtype='fp32'),
+                 ibot_head=dict(param_dtype='fp16', reduce_dtype='fp32')),
+    teacher=dict(backbone=dict(param_dtype='fp16'), dino_head=dict(param_dtype='fp16'),
+                 ibot_head=dict(param_dtype='fp16')))
+# 'bf16' (the strategy's default): the same table in bf16, which needs no loss scaling (the
+# official DINOv3 recipes compute in bf16).
 DEFAULT_MIXED_PRECISION = dict(
     student=dict(backbone=dict(param_dtype='bf16', reduce_dtype='bf16'),
                  dino_head=dict(param_dtype='bf16', reduce_dtype='fp32'),
                  ibot_head=dict(param_dtype='bf16', reduce_dtype='fp32')),
     teacher=dict(backbone=dict(param_dtype='bf16'), dino_head=dict(param_dtype='bf16'),
                  ibot_head=dict(param_dtype='bf16')))
+MIXED_PRECISION_PRESETS = {'fp16': FP16_MIXED_PRECISION, 'bf16': DEFAULT_MIXED_PRECISION}
 # Backbone methods the DINO algorithms call instead of ``forward``; FSDP2 only hooks
 # ``forward`` unless told otherwise.
 _FORWARD_METHODS = ('forward_features', 'get_intermediate_layers')
@@ -75,6 +88,17 @@ def _to_dtype(value: Union[str, torch.dtype, None], where: str) -> Optional[torc
         raise ValueError(f'DINOFSDPStrategy: {where}={value!r} is not a dtype; use one of '
                          f"{sorted(k for k in _DTYPES if k)} or None (fp32).")
     return _DTYPES[value]
+
+
+def _policy_dtypes(mixed_precision, prefix: str = ''):
+    """``(path, dtype)`` of every ``param_dtype`` in a (nested) mixed_precision dict."""
+    for key, value in (mixed_precision or {}).items():
+        if not isinstance(value, dict):
+            continue
+        path = f'{prefix}.{key}' if prefix else str(key)
+        if 'param_dtype' in value:
+            yield path, _to_dtype(value['param_dtype'], f'{path}.param_dtype')
+        yield from _policy_dtypes(value, path)
 
 
 def _mp_policy(cfg: Optional[dict], where: str):
@@ -108,9 +132,13 @@ def shard_dino_model(model: nn.Module,
     """Shard the student and teacher of a DINO model in place with FSDP2.
 
     Every transformer block is its own FSDP unit and every sub-module (``backbone``,
-    ``dino_head``, ``ibot_head``, ``gram`` teachers ...) of ``student`` / ``teacher`` is an
-    FSDP root holding the remaining parameters. Student and teacher are wrapped identically,
-    so their local shards line up one to one and the EMA update needs no communication.
+    ``dino_head``, ``ibot_head`` ...) of ``student`` / ``teacher`` is an FSDP root holding the
+    remaining parameters. Student and teacher are wrapped identically, so their local shards
+    line up one to one and the EMA update needs no communication. The model's other frozen
+    module dicts (the DINOv3 Gram teacher ``gram_teacher``, the student EMA of distillation)
+    are sharded the same way as the teacher: a ViT-7B Gram teacher costs each rank
+    1/world of its weights, not a full replica. They take ``mixed_precision[name]`` when
+    given, else the teacher's entries.
 
     A model that lists its own units (an ``fsdp_units()`` method, e.g. :class:`dino_mm.DINOTxt`)
     is sharded by :func:`shard_model_units` instead, with the same arguments.
@@ -119,8 +147,9 @@ def shard_dino_model(model: nn.Module,
         model (nn.Module): A model with ``student`` and ``teacher`` ``nn.ModuleDict``s, or
             with an ``fsdp_units()`` method.
         mesh (DeviceMesh, optional): 1-D mesh; the default world on the current device type.
-        mixed_precision (dict, optional): ``{'student'|'teacher': {sub_module: {param_dtype,
-            reduce_dtype, output_dtype}}}``; missing entries compute in fp32. Defaults to None.
+        mixed_precision (dict, optional): ``{'student'|'teacher'|frozen component name:
+            {sub_module: {param_dtype, reduce_dtype, output_dtype}}}``; missing entries
+            compute in fp32. Defaults to None.
         reshard_after_forward (bool): False keeps gathered parameters until the backward
             pass (official ``SHARD_GRAD_OP``); True frees them after forward (``FULL_SHARD``).
         activation_checkpointing (bool): Recompute student blocks in the backward pass.
@@ -142,20 +171,23 @@ def shard_dino_model(model: nn.Module,
         raise ValueError('DINOFSDPStrategy: student and teacher must have the same sub-modules '
                          f'(got {sorted(model.student)} vs {sorted(model.teacher)}).')
     mixed_precision = mixed_precision or {}
-    unknown = set(mixed_precision) - {'student', 'teacher'}
+    frozen = frozen_components(model)
+    unknown = set(mixed_precision) - {'student', 'teacher'} - set(frozen)
     if unknown:
-        raise KeyError(f'DINOFSDPStrategy: mixed_precision keys must be student / teacher, '
-                       f'got {sorted(unknown)}.')
-    for side in ('student', 'teacher'):
+        raise KeyError(f'DINOFSDPStrategy: mixed_precision keys must be student / teacher'
+                       f'{"".join(" / " + n for n in frozen)}, got {sorted(unknown)}.')
+    for side in ['student', 'teacher'] + frozen:
         side_mp = mixed_precision.get(side) or {}
+        if side in frozen and side not in mixed_precision:
+            side_mp = mixed_precision.get('teacher') or {}
         for name, sub in getattr(model, side).items():
             policy = _mp_policy(side_mp.get(name), f'{side}.{name}')
             if activation_checkpointing and side == 'student' and hasattr(
                     sub, 'set_grad_checkpointing'):
                 sub.set_grad_checkpointing(True)
-            # The teacher never runs backward: keeping its gathered weights (SHARD_GRAD_OP)
-            # would only hold memory until the next forward.
-            reshard = reshard_after_forward or side == 'teacher'
+            # The teacher (and every frozen component) never runs backward: keeping its
+            # gathered weights (SHARD_GRAD_OP) would only hold memory until the next forward.
+            reshard = reshard_after_forward or side != 'student'
             for block in _blocks(sub):
                 fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
             fully_shard(sub, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
@@ -164,6 +196,32 @@ def shard_dino_model(model: nn.Module,
                     register_fsdp_forward_method(sub, method)
     check_identical_sharding(model)
     return model
+
+
+def frozen_components(model: nn.Module) -> List[str]:
+    """Names of the model's children besides ``student`` / ``teacher`` that are module
+    dicts with parameters, none of them trainable (``gram_teacher``, a student EMA ...)."""
+    names = []
+    for name, child in model.named_children():
+        if name in ('student', 'teacher') or not isinstance(child, nn.ModuleDict):
+            continue
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            names.append(name)
+    return names
+
+
+def reshard_fsdp(*modules: nn.Module) -> None:
+    """Put every FSDP2 unit inside ``modules`` back to its local shards.
+
+    FSDP2 roots keep their weights gathered after a forward without backward (a teacher's);
+    code that reads or writes the stored shards (the EMA, a Gram-teacher refresh) first
+    calls this. Plain modules are left as they are.
+    """
+    for top in modules:
+        for module in top.modules():
+            if callable(getattr(module, 'reshard', None)) and hasattr(module, 'unshard'):
+                module.reshard()
 
 
 def has_fsdp_units(model: nn.Module) -> bool:
@@ -344,12 +402,7 @@ def fsdp_update_teacher(model: nn.Module, momentum: float) -> None:
 
     Works for sharded (DTensor) and plain parameters alike; nothing is gathered.
     """
-    # FSDP2 roots keep their weights gathered after a forward without backward (the
-    # teacher's); put every unit back to its shards so both sides hold local shards.
-    for side in {id(m): m for pair in model.ema_pairs() for m in pair}.values():
-        for module in side.modules():
-            if callable(getattr(module, 'reshard', None)) and hasattr(module, 'unshard'):
-                module.reshard()
+    reshard_fsdp(*{id(m): m for pair in model.ema_pairs() for m in pair}.values())
     s_local, t_local = [], []
     for _, s, t in _param_pairs(model):
         s_local.append(_local(s).detach())
@@ -680,9 +733,11 @@ class DINOFSDPStrategy(DDPStrategy):
     Args:
         mixed_precision (dict | str, optional): Per sub-module FSDP2 precision (see
             :func:`shard_dino_model`; keyed by unit name prefix for a model with
-            ``fsdp_units()``, see :func:`shard_model_units`); ``'official'`` is
+            ``fsdp_units()``, see :func:`shard_model_units`). ``'bf16'`` (default) is
             :data:`DEFAULT_MIXED_PRECISION` (bf16 compute, fp32 head-gradient reductions of
-            the DINO student); None computes in fp32.
+            the DINO student); ``'fp16'`` is the official DINOv2 table
+            :data:`FP16_MIXED_PRECISION`, which needs an optim wrapper with loss scaling
+            (``dino_mm.FP16OptimWrapper``); None computes in fp32.
         reshard_after_forward (bool): See :func:`shard_dino_model`. Defaults to False
             (official ``SHARD_GRAD_OP``).
         activation_checkpointing (bool): Recompute student blocks during backward.
@@ -693,18 +748,19 @@ class DINOFSDPStrategy(DDPStrategy):
 
     def __init__(self,
                  *,
-                 mixed_precision: Union[dict, str, None] = 'official',
+                 mixed_precision: Union[dict, str, None] = 'bf16',
                  reshard_after_forward: bool = False,
                  activation_checkpointing: bool = False,
                  dist_timeout: int = 1800,
                  **kwargs) -> None:
         kwargs.pop('model_wrapper', None)
         super().__init__(**kwargs)
-        if mixed_precision == 'official':
-            mixed_precision = copy.deepcopy(DEFAULT_MIXED_PRECISION)
-        elif isinstance(mixed_precision, str):
-            raise ValueError(f"DINOFSDPStrategy: mixed_precision must be a dict, None or "
-                             f"'official', got {mixed_precision!r}.")
+        if isinstance(mixed_precision, str):
+            if mixed_precision not in MIXED_PRECISION_PRESETS:
+                raise ValueError(
+                    f'DINOFSDPStrategy: mixed_precision must be a dict, None (fp32) or one of '
+                    f'{sorted(MIXED_PRECISION_PRESETS)}, got {mixed_precision!r}.')
+            mixed_precision = copy.deepcopy(MIXED_PRECISION_PRESETS[mixed_precision])
         self.mixed_precision = mixed_precision
         self.reshard_after_forward = reshard_after_forward
         self.activation_checkpointing = activation_checkpointing
@@ -745,6 +801,20 @@ class DINOFSDPStrategy(DDPStrategy):
             # The hooks call model.update_teacher(m); make it the shard-local update.
             model.update_teacher = lambda momentum: fsdp_update_teacher(model, momentum)
         return model
+
+    def build_optim_wrapper(self, optim_wrapper, model=None):
+        """Build the optim wrapper; refuse fp16 parameters without loss scaling."""
+        wrapper = super().build_optim_wrapper(optim_wrapper, model)
+        fp16 = sorted(path for path, dtype in _policy_dtypes(self.mixed_precision)
+                      if dtype is torch.float16)
+        if fp16 and getattr(wrapper, 'loss_scaler', None) is None:
+            raise ValueError(
+                f'DINOFSDPStrategy: mixed_precision computes in fp16 ({", ".join(fp16[:3])}'
+                f'{" ..." if len(fp16) > 3 else ""}) but optim_wrapper '
+                f'{type(wrapper).__name__} has no loss scaler: fp16 gradients underflow '
+                "without one. Set optim_wrapper.type='dino_mm.FP16OptimWrapper' (sharded "
+                "gradient scaler, the official DINOv2 setup) or mixed_precision='bf16'.")
+        return wrapper
 
     # ------------------------------------------------------------------ state
     def _optimizer(self):

@@ -64,7 +64,7 @@ def test_bad_config_errors(group):
             backbone=dict(param_dtype='fp8'))))
     with pytest.raises(TypeError, match='student'):
         shard_dino_model(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="'official'"):
+    with pytest.raises(ValueError, match=r"\['bf16', 'fp16'\]"):
         DINOFSDPStrategy(mixed_precision='fast')
 
 
@@ -124,6 +124,79 @@ def test_fsdp_configs(name):
     assert cfg.strategy.type == 'dino_mm.DINOFSDPStrategy'
     mp = cfg.strategy.mixed_precision
     assert mp.student.dino_head.reduce_dtype == 'fp32'  # official fp32 head reductions
+    # official DINOv2 precision: fp16 parameters with a sharded gradient scaler
+    assert mp.student.backbone.param_dtype == mp.teacher.backbone.param_dtype == 'fp16'
+    assert cfg.optim_wrapper.type == 'dino_mm.FP16OptimWrapper'
+    assert cfg.optim_wrapper.constructor == 'dino_mm.LayerDecayOptimWrapperConstructor'
     assert cfg.model.backbone.block_chunks == 4
     strategy = DINOFSDPStrategy(**{k: v for k, v in cfg.strategy.items() if k != 'type'})
     assert strategy.reshard_after_forward is False
+
+
+def test_fp16_needs_a_loss_scaler(group):
+    """fp16 FSDP parameters with a plain OptimWrapper are refused before training; with
+    dino_mm.FP16OptimWrapper the scaler is built (one rank: torch.amp.GradScaler)."""
+    from dino_mm.engine.fsdp import FP16_MIXED_PRECISION
+    model = tiny_dino()
+    optimizer = dict(type='SGD', lr=0.1)
+    strategy = DINOFSDPStrategy(mixed_precision='fp16')
+    assert strategy.mixed_precision == FP16_MIXED_PRECISION
+    with pytest.raises(ValueError, match='FP16OptimWrapper') as err:
+        strategy.build_optim_wrapper(dict(type='OptimWrapper', optimizer=optimizer), model)
+    assert 'student.backbone' in str(err.value)
+    wrapper = strategy.build_optim_wrapper(
+        dict(type='dino_mm.FP16OptimWrapper', optimizer=optimizer), model)
+    assert type(wrapper.loss_scaler).__name__ == 'GradScaler'
+    assert wrapper.loss_scaler.get_scale() == 2.0**16  # the official dynamic start
+    assert 'loss_scaler' in wrapper.state_dict()
+    # bf16 (the default) needs none
+    DINOFSDPStrategy().build_optim_wrapper(dict(type='OptimWrapper', optimizer=optimizer),
+                                           model)
+
+
+def test_frozen_components_are_sharded_like_the_teacher(group):
+    """The Gram teacher of DINOv3 is an FSDP unit per block, with the teacher's precision."""
+    from torch.distributed.tensor import DTensor
+
+    from dino_mm.engine.fsdp import frozen_components
+    from tests.models.algorithms.test_dinov3 import build
+    model = build()
+    assert frozen_components(model) == ['gram_teacher']
+    shard_dino_model(model, mixed_precision=dict(teacher=dict(backbone=dict(
+        param_dtype='bf16'))))
+    assert all(isinstance(p, DTensor) for p in model.gram_teacher.parameters())
+    assert all(not p.requires_grad for p in model.gram_teacher.parameters())
+    seen = {}
+    blk = model.gram_teacher.backbone._flat_blocks()[0]
+    blk.register_forward_hook(lambda m, a, o: seen.update(dtype=o.dtype) and None)
+    with torch.no_grad():
+        model.gram_teacher.backbone.forward_features(torch.randn(1, 3, 32, 32))
+    assert seen['dtype'] == torch.bfloat16
+    with pytest.raises(KeyError, match='gram_teacher'):
+        shard_dino_model(build(), mixed_precision=dict(gram=dict()))
+
+
+def test_sharded_checkpoint_keeps_the_loss_scale(group, tmp_path):
+    """A resumed fp16 run continues with the saved (backed-off) scale, not 2**16."""
+    from mmengine.logging import MMLogger
+
+    from dino_mm.engine.optimizers import FP16OptimWrapper
+
+    def strategy():
+        s = DINOFSDPStrategy(mixed_precision='fp16', work_dir=str(tmp_path))
+        s.model = shard_dino_model(tiny_dino(), mixed_precision=s.mixed_precision)
+        s.optim_wrapper = FP16OptimWrapper(
+            optimizer=torch.optim.AdamW(s.model.parameters(), lr=1e-3), device_type='cpu')
+        s.logger = MMLogger.get_instance('test_fsdp_scaler')
+        s._randomness = dict(seed=0)
+        return s
+
+    first = strategy()
+    first.optim_wrapper.loss_scaler.scale(torch.ones(()))  # initialises the scale
+    first.optim_wrapper.loss_scaler.update(2.0**7)  # as after 9 overflows
+    path = str(tmp_path / 'iter_1.pth')
+    first.save_checkpoint(path, save_param_scheduler=False)
+    second = strategy()
+    assert second.optim_wrapper.loss_scaler.get_scale() == 2.0**16
+    second.resume(path, resume_param_scheduler=False)
+    assert second.optim_wrapper.loss_scaler.get_scale() == 2.0**7

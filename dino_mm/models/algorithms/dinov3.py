@@ -174,10 +174,16 @@ class DINOv3(DINOv2):
     # ------------------------------------------------------------------ gram teacher
     @torch.no_grad()
     def refresh_gram_teacher(self) -> None:
-        """Copy the EMA teacher backbone into the Gram teacher (official refresh)."""
+        """Copy the EMA teacher backbone into the Gram teacher (official refresh).
+
+        Under :class:`dino_mm.DINOFSDPStrategy` both are sharded identically, so each rank
+        copies its own shards (nothing is gathered).
+        """
         if not self.use_gram:
             raise RuntimeError('DINOv3.refresh_gram_teacher: this model has no Gram teacher '
                                '(set model.gram_loss to enable Gram anchoring).')
+        from dino_mm.engine.fsdp import reshard_fsdp
+        reshard_fsdp(self.teacher.backbone, self.gram_teacher.backbone)
         self.gram_teacher.backbone.load_state_dict(self.teacher.backbone.state_dict(),
                                                    strict=True)
 
