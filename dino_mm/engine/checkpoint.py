@@ -499,12 +499,19 @@ def load_checkpoint_state(path: str, what: str) -> Dict[str, torch.Tensor]:
     """Read the state dict of a training or backbone checkpoint with a clear error.
 
     Accepts MMEngine checkpoints (``state_dict``), official DINO teacher dumps
-    (``teacher``), ``model`` dicts and bare state dicts.
+    (``teacher``), ``model`` dicts, bare state dicts and the sharded (DCP) checkpoint
+    folders of :class:`dino_mm.DINOFSDPStrategy` (read in one process, safely), so a stage
+    trained with FSDP can be the next stage's Gram teacher or distillation teacher.
 
     Args:
-        path (str): Checkpoint file.
+        path (str): Checkpoint file or sharded checkpoint folder.
         what (str): What the file is for (e.g. ``'model.gram_ckpt'``), used in errors.
     """
+    if path and is_sharded_checkpoint(str(path)):
+        from .fsdp import read_sharded_state_dict
+        return read_sharded_state_dict(str(path))
+    if path and osp.isdir(str(path)):
+        raise FileNotFoundError(f'{what}: {describe_checkpoint_directory(str(path))}')
     if not path or not osp.isfile(str(path)):
         raise FileNotFoundError(
             f'{what}: checkpoint file "{path}" does not exist. Point it at the checkpoint '

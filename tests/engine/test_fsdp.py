@@ -200,3 +200,41 @@ def test_sharded_checkpoint_keeps_the_loss_scale(group, tmp_path):
     assert second.optim_wrapper.loss_scaler.get_scale() == 2.0**16
     second.resume(path, resume_param_scheduler=False)
     assert second.optim_wrapper.loss_scaler.get_scale() == 2.0**7
+
+
+def test_gram_teacher_loads_from_a_sharded_stage_checkpoint(group, tmp_path):
+    """A stage trained with FSDP (a DCP folder) is the next stage's Gram teacher."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    from tests.models.algorithms.test_dinov3 import _perturb, build
+    torch.manual_seed(1)
+    stage1 = build()
+    _perturb(stage1.teacher)
+    want = {k: v.clone() for k, v in stage1.teacher.backbone.state_dict().items()}
+    shard_dino_model(stage1, mixed_precision=None)
+    path = str(tmp_path / 'iter_4.pth')
+    save_sharded_checkpoint(path, {'model': get_model_state_dict(stage1)},
+                            {'meta': {'iter': 4}})
+    stage2 = build()
+    assert not torch.equal(stage2.gram_teacher.backbone.cls_token, want['cls_token'])
+    stage2.load_gram_teacher(path)
+    got = stage2.gram_teacher.backbone.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    os.makedirs(tmp_path / 'not_a_checkpoint')
+    with pytest.raises(FileNotFoundError, match='model.gram_ckpt'):
+        stage2.load_gram_teacher(str(tmp_path / 'not_a_checkpoint'))
+
+
+def test_dinov3_fsdp_config():
+    """The DINOv3 7B stage-1 FSDP leaf: official bf16 / fp32-reduction table, plain
+    OptimWrapper (no scaler needed), activation checkpointing."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain',
+                                   'dinov3_vit7b16_pretrain_fsdp.py'))
+    assert cfg.runner_type == 'FlexibleRunner' and cfg.model_wrapper_cfg is None
+    mp = cfg.strategy.mixed_precision
+    assert mp.student.backbone == dict(param_dtype='bf16', reduce_dtype='fp32')
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+    assert cfg.model.type == 'dino_mm.DINOv3'
+    strategy = DINOFSDPStrategy(**{k: v for k, v in cfg.strategy.items() if k != 'type'})
+    assert strategy.activation_checkpointing is True
