@@ -14,8 +14,9 @@ installed; ``--require-xformers`` turns that into a failure):
 * ``amp-bf16`` / ``amp-fp16``: training steps of a ViT backbone under bf16 autocast and under
   fp16 autocast with a ``torch.amp.GradScaler``; losses finite, first loss close to the
   fp32 one, weights updated, fp16 steps not all skipped by the scaler.
-* ``fsdp-dcp``: a DINOv2 student/teacher sharded with FSDP2 (:func:`shard_dino_model`, the
-  official mixed precision) on a 1-rank NCCL group; two steps, a DCP checkpoint
+* ``fsdp-dcp`` / ``fsdp-fp16-dcp``: a DINOv2 student/teacher sharded with FSDP2
+  (:func:`shard_dino_model`; bf16, then the official fp16 table with
+  ``dino_mm.FP16OptimWrapper``) on a 1-rank NCCL group; two steps, a DCP checkpoint
   (:func:`save_sharded_checkpoint`), a third step; then a fresh, differently initialised
   model resumed from the checkpoint (:func:`load_sharded_checkpoint`) must repeat the third
   step: same loss, same weights afterwards.
@@ -472,8 +473,15 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, 'full_tensor') else t).detach().float().clone()
 
 
-def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResult:
-    """1-GPU FSDP2 (NCCL) training; a DCP save + resume repeats the next step."""
+def check_fsdp_dcp(args: argparse.Namespace, device: torch.device, fp16: bool = False,
+                   spec: Optional[argparse.Namespace] = None) -> CheckResult:
+    """1-GPU FSDP2 (NCCL) training; a DCP save + resume repeats the next step.
+
+    ``fp16``: the official DINOv2 table (fp16 parameters) with ``dino_mm.FP16OptimWrapper``;
+    the loss scale travels in the checkpoint's meta, as the strategy saves it. ``spec``:
+    the model / batch sizes (:mod:`ssl_step` arguments); a ViT-S/14 at 98 px by default.
+    """
+    name = 'fsdp-fp16-dcp' if fp16 else 'fsdp-dcp'
     import torch.distributed as dist
     from mmengine.optim import OptimWrapper
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
@@ -482,9 +490,10 @@ def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResul
                                                          set_optimizer_state_dict)
     from torch.distributed.device_mesh import init_device_mesh
 
-    from dino_mm.engine.fsdp import (DEFAULT_MIXED_PRECISION, fsdp_update_teacher,
-                                     load_sharded_checkpoint, save_sharded_checkpoint,
-                                     shard_dino_model)
+    from dino_mm.engine.fsdp import (DEFAULT_MIXED_PRECISION, FP16_MIXED_PRECISION,
+                                     fsdp_update_teacher, load_sharded_checkpoint,
+                                     save_sharded_checkpoint, shard_dino_model)
+    from dino_mm.engine.optimizers import FP16OptimWrapper
     from ssl_step import build_batch, build_model
     _skip_task_registry_imports()
     want = 'nccl' if device.type == 'cuda' else 'gloo'
@@ -495,12 +504,12 @@ def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResul
     try:
         backend = dist.get_backend()
         if backend != want:
-            return CheckResult('fsdp-dcp', 'FAIL', f'process group backend is {backend}, '
+            return CheckResult(name, 'FAIL', f'process group backend is {backend}, '
                                f'not {want}')
         mesh = init_device_mesh(device.type, (1, ))
-        spec = argparse.Namespace(arch='dinov2_vits14', global_size=98, local_size=42,
-                                  n_local=2, prototypes=4096, hidden=512, bottleneck=128,
-                                  batch=4)
+        spec = spec or argparse.Namespace(arch='dinov2_vits14', global_size=98,
+                                          local_size=42, n_local=2, prototypes=4096,
+                                          hidden=512, bottleneck=128, batch=4)
         batch = {k: v.to(device) if torch.is_tensor(v) else v
                  for k, v in build_batch(spec).items()}
 
@@ -511,13 +520,20 @@ def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResul
                     for p in model.parameters():
                         p.add_(torch.randn_like(p) * 0.02)
             model.to(device)
-            shard_dino_model(model, mesh, copy.deepcopy(DEFAULT_MIXED_PRECISION))
+            table = FP16_MIXED_PRECISION if fp16 else DEFAULT_MIXED_PRECISION
+            shard_dino_model(model, mesh, copy.deepcopy(table))
             params = [p for p in model.student.parameters() if p.requires_grad]
-            return model, OptimWrapper(torch.optim.AdamW(params, lr=1e-4, weight_decay=0.04))
+            optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.04)
+            if fp16:
+                # a low start: the 3 steps of this check must not all go to finding the scale
+                return model, FP16OptimWrapper(optimizer=optimizer, device_type=device.type,
+                                               loss_scale=dict(init_scale=2.0**6))
+            return model, OptimWrapper(optimizer)
 
         def step(model, optim) -> float:
             model.train()
             log = model.train_step(copy.copy(batch), optim)
+            skipped.append(bool(getattr(optim, 'skipped_last_step', False)))
             fsdp_update_teacher(model, 0.99)
             return float(log['loss'].detach())
 
@@ -525,11 +541,15 @@ def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResul
             return {'model': get_model_state_dict(model),
                     'optim': get_optimizer_state_dict(model, optim.optimizer)}
 
+        skipped: List[bool] = []
         work = args.work_dir or tempfile.mkdtemp(prefix='gpu_check_')
         path = osp.join(work, 'iter_2.pth')
         model, optim = make(False)
         first = [step(model, optim), step(model, optim)]
-        save_sharded_checkpoint(path, state(model, optim), {'meta': {'iter': 2}})
+        meta = {'meta': {'iter': 2}}
+        if fp16:
+            meta['loss_scaler'] = optim.loss_scaler.state_dict()
+        save_sharded_checkpoint(path, state(model, optim), meta)
         third = step(model, optim)
         after = {k: _full(v) for k, v in model.student.state_dict().items()}
         del model, optim
@@ -541,6 +561,8 @@ def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResul
         meta = load_sharded_checkpoint(path, target)
         set_model_state_dict(resumed, target['model'])
         set_optimizer_state_dict(resumed, r_optim.optimizer, target['optim'])
+        if fp16:
+            r_optim.loss_scaler.load_state_dict(meta['loss_scaler'])
         again = step(resumed, r_optim)
         diff = max(float((_full(v) - after[k]).abs().max())
                    for k, v in resumed.student.state_dict().items())
@@ -550,6 +572,8 @@ def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResul
             bad.append(f'meta.pth holds {meta!r}')
         if not all(math.isfinite(v) for v in first + [third, again]):
             bad.append('non-finite loss')
+        if all(skipped[:3]):
+            bad.append('the gradient scaler skipped every step')
         if loss_diff > 1e-5 * max(1.0, abs(third)):
             bad.append(f'resumed step-3 loss {again:.7g} != {third:.7g}')
         if diff > 1e-4:
@@ -557,7 +581,9 @@ def check_fsdp_dcp(args: argparse.Namespace, device: torch.device) -> CheckResul
         metrics = dict(losses_1_2_3=[round(v, 6) for v in first + [third]],
                        resumed_loss_3=round(again, 6), loss_diff=loss_diff,
                        max_weight_diff=diff, checkpoint=path)
-        return CheckResult('fsdp-dcp', 'FAIL' if bad else 'PASS',
+        if fp16:
+            metrics.update(loss_scale=r_optim.loss_scaler.get_scale(), skipped_steps=skipped)
+        return CheckResult(name, 'FAIL' if bad else 'PASS',
                            '; '.join(bad) or f'{backend} FSDP2 steps; DCP resume repeats step 3',
                            metrics)
     finally:
@@ -702,6 +728,7 @@ def run_checks(args: argparse.Namespace, device: torch.device,
         results.append(_run('amp-fp16', lambda: check_amp(args, device, torch.float16)))
     if 'fsdp' in args.only:
         results.append(_run('fsdp-dcp', lambda: check_fsdp_dcp(args, device)))
+        results.append(_run('fsdp-fp16-dcp', lambda: check_fsdp_dcp(args, device, fp16=True)))
     if 'throughput' in args.only:
         for label, arch in TRAIN_ARCHS:
             batch = args.vitl_batch if label == 'ViT-L/16' else args.vitg_batch

@@ -151,3 +151,17 @@ def test_no_cuda_fails_loudly_from_the_shell_script(tmp_path):
     assert 'gpu_check: FAILED: CUDA is not available' in out
     assert "CUDA_VISIBLE_DEVICES='' hides the GPUs" in out
     assert 'gpu_check: FAILED' in (tmp_path / 'out' / 'report.txt').read_text()
+
+
+def test_fsdp_fp16_check_runs_on_gloo(tmp_path):
+    """The fp16 FSDP check's logic (FP16OptimWrapper, scale in the checkpoint meta, resume)
+    on CPU / gloo, the backend the script picks without CUDA; a smaller head and crops."""
+    import argparse
+    args = gck.parse_args(['--work-dir', str(tmp_path)])
+    spec = argparse.Namespace(arch='dinov2_vits14', global_size=42, local_size=28, n_local=2,
+                              prototypes=512, hidden=128, bottleneck=64, batch=2)
+    result = gck.check_fsdp_dcp(args, torch.device('cpu'), fp16=True, spec=spec)
+    assert result.status == 'PASS', result.detail
+    assert result.name == 'fsdp-fp16-dcp'
+    assert result.metrics['skipped_steps'][:3] != [True] * 3
+    assert result.metrics['loss_scale'] > 0
