@@ -220,8 +220,11 @@ def tiny_pretrain(cfg: Config) -> Config:
     parts = [model] + ([model.teacher] if model.get('teacher') else []) + \
         list(model.get('students', {}).values())
     for part in parts:
-        if part.get('backbone') is not None:
-            _tiny_vit(part.backbone, depth=4)  # block_chunks=4 -> one block per chunk
+        backbone = part.get('backbone')
+        if backbone is not None and backbone.get('type') == 'dino_mm.DinoConvNeXt':
+            backbone.update(depths=[1, 1, 1, 1], dims=[8, 16, 24, DIM])  # ConvNeXt students
+        elif backbone is not None:
+            _tiny_vit(backbone, depth=4)  # block_chunks=4 -> one block per chunk
         _tiny_ssl_heads(part)
     return cfg
 

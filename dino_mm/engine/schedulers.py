@@ -291,6 +291,13 @@ class DINOCosineParamScheduler(_ParamScheduler):
             whole training and returns ``final_value`` after ``total_iters``.
         last_step (int): Defaults to -1 (fresh start).
         verbose (bool): Print every update. Defaults to False.
+        param_group (str, optional): Schedule only the optimizer groups whose
+            ``schedule_group`` is this name (set by
+            :class:`~dino_mm.LayerDecayOptimWrapperConstructor`'s
+            ``paramwise_cfg.schedule_groups``); the other groups keep their values, so one
+            scheduler per name gives each part of the model its own schedule. A rank that
+            holds none of those groups (a rank-partitioned multi-distillation student on
+            other ranks) has nothing to schedule. Defaults to None (every group).
     """
 
     def __init__(self,
@@ -310,7 +317,17 @@ class DINOCosineParamScheduler(_ParamScheduler):
                  end: int = INF,
                  last_step: int = -1,
                  by_epoch: bool = False,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False,
+                 param_group: Optional[str] = None) -> None:
+        self.param_group = param_group
+        if param_group is not None:
+            wrapped = getattr(optimizer, 'optimizer', optimizer)
+            if not all('schedule_group' in g for g in wrapped.param_groups):
+                raise ValueError(
+                    f'DINOCosineParamScheduler(param_group={param_group!r}): the optimizer '
+                    'groups carry no schedule_group; set optim_wrapper.paramwise_cfg.'
+                    'schedule_groups (dino_mm.LayerDecayOptimWrapperConstructor) with '
+                    f'{param_group!r} among its names.')
         if param_name not in ('lr', 'weight_decay'):
             raise ValueError("DINOCosineParamScheduler: param_name must be 'lr' or "
                              f"'weight_decay', got {param_name!r}.")
@@ -347,9 +364,10 @@ class DINOCosineParamScheduler(_ParamScheduler):
             base_value = scale_lr(base_value, scaling_rule, batch_size_per_gpu)
             if schedule_version == 'v2':
                 final_value = scale_lr(final_value, scaling_rule, batch_size_per_gpu)
-        _warn_if_overriding(optimizer, param_name,
-                            (*given, base_value, final_value, start_warmup_value),
-                            base_value, final_value)
+        if param_group is None:  # per-group schedules all differ from the optimizer's value
+            _warn_if_overriding(optimizer, param_name,
+                                (*given, base_value, final_value, start_warmup_value),
+                                base_value, final_value)
         self.schedule_version = schedule_version
         if schedule_version == 'v1':
             self.schedule = CosineSchedule(base_value, final_value, total_iters,
@@ -397,7 +415,9 @@ class DINOCosineParamScheduler(_ParamScheduler):
         value = self.schedule(it)
         values = []
         for group in self.optimizer.param_groups:
-            if self.param_name == 'lr':
+            if self.param_group is not None and group.get('schedule_group') != self.param_group:
+                values.append(group[self.param_name])  # another scheduler's group
+            elif self.param_name == 'lr':
                 base = self.last_layer_schedule(it) if group.get('is_last_layer',
                                                                  False) else value
                 values.append(base * group.get('lr_mult', 1.))

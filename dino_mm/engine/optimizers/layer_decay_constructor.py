@@ -118,6 +118,13 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - ``variant`` (str): ``'dinov2'`` (default) or ``'dinov3'``: layer-0 token names
       and no-wd rules of that repository.
     - ``num_layers`` (int, optional): Override the detected depth.
+    - ``schedule_groups`` (dict, optional): ``{group name: parameter name prefix}``, e.g.
+      ``{'convnext_tiny': 'students.convnext_tiny.'}``. Each parameter group records the
+      name whose prefix its parameters have (``group['schedule_group']``, None for the
+      rest), and groups are never fused across names, so a
+      :class:`~dino_mm.engine.schedulers.DINOCosineParamScheduler` with
+      ``param_group=<name>`` schedules that part of the model alone (the official
+      multi-distillation gives each student its own lr and weight-decay schedule).
 
     Args:
         optim_wrapper_cfg (dict): Optimizer wrapper config (``optimizer`` with ``lr``
@@ -126,7 +133,7 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """
 
     _KEYS = ('layer_decay_rate', 'patch_embed_lr_mult', 'dino_head_wd_multiplier',
-             'variant', 'num_layers')
+             'variant', 'num_layers', 'schedule_groups')
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
         paramwise_cfg = dict(paramwise_cfg or {})
@@ -147,6 +154,11 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             raise ValueError("paramwise_cfg.variant must be 'dinov2' or 'dinov3', got "
                              f'{self.variant!r}.')
         self.num_layers = paramwise_cfg.get('num_layers')
+        self.schedule_groups = dict(paramwise_cfg.get('schedule_groups') or {})
+        for group, prefix in self.schedule_groups.items():
+            if not isinstance(prefix, str) or not prefix:
+                raise ValueError(f'paramwise_cfg.schedule_groups[{group!r}] must be a '
+                                 f'parameter name prefix (a non-empty str), got {prefix!r}.')
 
     @staticmethod
     def _find_backbones(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -203,11 +215,15 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """Append the fused official parameter groups of ``module`` to ``params``."""
         fused: 'OrderedDict[tuple, dict]' = OrderedDict()
         for name, info in self.param_multipliers(module).items():
-            key = (info['lr_mult'], info['wd_mult'], info['is_last_layer'])
+            schedule_group = next((g for g, prefix in self.schedule_groups.items()
+                                   if name.startswith(prefix)), None)
+            key = (info['lr_mult'], info['wd_mult'], info['is_last_layer'], schedule_group)
             if key not in fused:
                 group = dict(params=[], lr_mult=info['lr_mult'], wd_mult=info['wd_mult'],
                              is_last_layer=info['is_last_layer'],
                              lr=self.base_lr * info['lr_mult'])
+                if self.schedule_groups:
+                    group['schedule_group'] = schedule_group
                 if self.base_wd is not None:
                     group['weight_decay'] = self.base_wd * info['wd_mult']
                 fused[key] = group
