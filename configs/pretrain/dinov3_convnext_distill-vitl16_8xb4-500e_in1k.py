@@ -15,8 +15,6 @@
 # batch_size_per_gpu = ceil(global / ranks) and scale lr_scale as below.
 # Each student has its own official lr and weight-decay schedule (one scheduler per student,
 # through paramwise_cfg.schedule_groups). Deviations from the official code:
-# * EMA momentum (student_ema) 0.994 -> 1.0 follows TeacherMomentumHook's cosine; the
-#   official schedule is a linear ramp over the whole run (warm-up = 500 epochs).
 # * The teacher crops are downsampled as the official option intends; the official
 #   meta-architecture never applies it (docs/reference.md §4.6).
 _base_ = ['./dinov3_vitl16_lvd1689m_distilled_multidist.py']
@@ -110,7 +108,8 @@ custom_hooks = [
     dict(type='dino_mm.TeacherTempHook', warmup_teacher_temp=0.04, teacher_temp=0.07,
          warmup_iters=120 * epoch_length),
     # Updates every student's EMA (the teacher is frozen).
+    # official schedules.momentum: 0.994 -> 1.0, warm-up over the whole run (a linear ramp)
     dict(type='dino_mm.TeacherMomentumHook', momentum_teacher=0.994,
-         final_momentum_teacher=1.0),
+         final_momentum_teacher=1.0, schedule_version='v2'),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=total_iters)

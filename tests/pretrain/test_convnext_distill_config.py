@@ -117,6 +117,17 @@ def test_official_values(cfg):
         (0.04, 0.07, 120 * EPOCH)
     momentum = _hooks(cfg)['dino_mm.TeacherMomentumHook']
     assert (momentum.momentum_teacher, momentum.final_momentum_teacher) == (0.994, 1.0)
+    # a linear ramp over the whole run (v2 warm-up = every iteration), not the v1 cosine
+    import types
+
+    from dino_mm.registry import HOOKS
+    with DefaultScope.overwrite_default_scope('dino_mm'):
+        hook = HOOKS.build(dict(momentum))
+    runner = types.SimpleNamespace(  # what before_train reads
+        model=types.SimpleNamespace(update_teacher=lambda m: None), max_iters=total)
+    hook.before_train(runner)
+    for frac in (0.25, 0.5, 0.75):
+        assert hook.schedule(int(frac * total)) == pytest.approx(0.994 + 0.006 * frac)
 
 
 def _tiny(cfg) -> dict:

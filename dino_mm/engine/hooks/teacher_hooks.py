@@ -42,6 +42,12 @@ class TeacherMomentumHook(Hook):
         final_momentum_teacher (float): Final momentum. Defaults to 1.0.
         total_iters (int, optional): Cosine length; ``runner.max_iters`` when None
             (official: ``epochs * OFFICIAL_EPOCH_LENGTH``, which equals it).
+        schedule_version (str): ``'v1'`` (default): the DINOv2 cosine above. ``'v2'``: the
+            DINOv3 ``schedules.momentum`` block, ``linear_warmup_cosine_decay`` from
+            ``momentum_teacher`` up to ``final_momentum_teacher`` over ``warmup_iters``
+            (warm-up endpoint excluded), then cosine to the same final value, i.e. constant.
+        warmup_iters (int, optional): ``'v2'`` only; None means the whole run (the official
+            multi-distillation recipes: a linear ramp over all iterations).
     """
 
     priority = 'NORMAL'
@@ -49,11 +55,22 @@ class TeacherMomentumHook(Hook):
     def __init__(self,
                  momentum_teacher: float = 0.992,
                  final_momentum_teacher: float = 1.0,
-                 total_iters: Optional[int] = None) -> None:
+                 total_iters: Optional[int] = None,
+                 schedule_version: str = 'v1',
+                 warmup_iters: Optional[int] = None) -> None:
+        if schedule_version not in ('v1', 'v2'):
+            raise ValueError(f"TeacherMomentumHook: schedule_version must be 'v1' (DINOv2 "
+                             f"cosine) or 'v2' (DINOv3 linear warm-up + cosine), got "
+                             f'{schedule_version!r}.')
+        if warmup_iters is not None and schedule_version != 'v2':
+            raise ValueError("TeacherMomentumHook: warmup_iters applies to "
+                             "schedule_version='v2' only (the DINOv2 momentum has none).")
         self.momentum_teacher = momentum_teacher
         self.final_momentum_teacher = final_momentum_teacher
         self.total_iters = total_iters
-        self.schedule: Optional[CosineSchedule] = None
+        self.schedule_version = schedule_version
+        self.warmup_iters = warmup_iters
+        self.schedule = None
 
     def before_train(self, runner) -> None:
         model = unwrap_model(runner.model)
@@ -62,8 +79,14 @@ class TeacherMomentumHook(Hook):
                             'to define update_teacher(momentum); remove the hook from '
                             'custom_hooks or use a DINO algorithm model.')
         total = self.total_iters if self.total_iters is not None else runner.max_iters
-        self.schedule = CosineSchedule(self.momentum_teacher, self.final_momentum_teacher,
-                                       total)
+        if self.schedule_version == 'v2':
+            from dino_mm.engine.schedulers import _V2Schedule
+            warmup = total if self.warmup_iters is None else self.warmup_iters
+            self.schedule = _V2Schedule(self.momentum_teacher, self.final_momentum_teacher,
+                                        self.final_momentum_teacher, warmup, total)
+        else:
+            self.schedule = CosineSchedule(self.momentum_teacher,
+                                           self.final_momentum_teacher, total)
 
     def after_train_iter(self,
                          runner,
