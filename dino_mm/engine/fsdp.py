@@ -55,26 +55,28 @@ _DTYPES = {
     'float16': torch.float16, 'half': torch.float16, 'bf16': torch.bfloat16,
     'bfloat16': torch.bfloat16, None: None
 }
+
+
 # FSDP2 precision presets of DINOv2-style models (docs/reference.md §3.10): half-precision
 # parameters and compute, fp32 gradient reductions for the student heads, fp32 buffers (loss
 # centers) and fp32 sharded master weights. The teacher's entries also cover the other frozen
 # components (the DINOv3 Gram teacher).
 # 'fp16' is the official DINOv2 table; fp16 gradients need loss scaling, so the strategy asks
 # for an optim wrapper with a ``loss_scaler`` (dino_mm.FP16OptimWrapper: ShardedGradScaler).
-FP16_MIXED_PRECISION = dict(
-    student=dict(backbone=dict(param_dtype='fp16', reduce_dtype='fp16'),
-                 dino_head=dict(param_dtype='fp16', reduce_dtype='fp32'),
-                 ibot_head=dict(param_dtype='fp16', reduce_dtype='fp32')),
-    teacher=dict(backbone=dict(param_dtype='fp16'), dino_head=dict(param_dtype='fp16'),
-                 ibot_head=dict(param_dtype='fp16')))
+def _dino_precision(dtype: str) -> dict:
+    """The official per-module table in ``dtype``: backbone reductions in ``dtype``, the
+    student heads' in fp32, the teacher's parameters in ``dtype`` (it never reduces)."""
+    student = dict(backbone=dict(param_dtype=dtype, reduce_dtype=dtype),
+                   dino_head=dict(param_dtype=dtype, reduce_dtype='fp32'),
+                   ibot_head=dict(param_dtype=dtype, reduce_dtype='fp32'))
+    teacher = {name: dict(param_dtype=dtype) for name in student}
+    return dict(student=student, teacher=teacher)
+
+
+FP16_MIXED_PRECISION = _dino_precision('fp16')
 # 'bf16' (the strategy's default): the same table in bf16, which needs no loss scaling (the
 # official DINOv3 recipes compute in bf16).
-DEFAULT_MIXED_PRECISION = dict(
-    student=dict(backbone=dict(param_dtype='bf16', reduce_dtype='bf16'),
-                 dino_head=dict(param_dtype='bf16', reduce_dtype='fp32'),
-                 ibot_head=dict(param_dtype='bf16', reduce_dtype='fp32')),
-    teacher=dict(backbone=dict(param_dtype='bf16'), dino_head=dict(param_dtype='bf16'),
-                 ibot_head=dict(param_dtype='bf16')))
+DEFAULT_MIXED_PRECISION = _dino_precision('bf16')
 MIXED_PRECISION_PRESETS = {'fp16': FP16_MIXED_PRECISION, 'bf16': DEFAULT_MIXED_PRECISION}
 # Backbone methods the DINO algorithms call instead of ``forward``; FSDP2 only hooks
 # ``forward`` unless told otherwise.
