@@ -6,8 +6,9 @@
 # ImageNet-1k (official README; the yaml header says 82.2 / 83.3).
 # Launch: GPUS=32 GPUS_PER_NODE=8 bash tools/slurm_train.sh PARTITION dinov3_vitl16 \
 #         configs/pretrain/dinov3_vitl16_im1k_lin834.py
-# Official precision (bf16 params, fp32 reduce, FSDP2, torch.compile) is not reproduced here:
-# add --amp for bf16/fp16 autocast.
+# This leaf runs DDP (add --amp for bf16/fp16 autocast). The official precision (FSDP2, bf16
+# params, fp32 reductions, compiled blocks) is configs/_base_/schedules/dinov3_pretrain_fsdp.py:
+# add it to _base_ for a sharded run.
 _base_ = [
     '../_base_/models/dinov3_ssl.py', '../_base_/datasets/imagenet_dinov2_pretrain.py',
     '../_base_/default_runtime.py'

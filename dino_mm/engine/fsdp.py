@@ -42,7 +42,7 @@ from .checkpoint import (CheckpointError, atomic_torch_save, is_sharded_checkpoi
 
 __all__ = [
     'DINOFSDPStrategy', 'shard_dino_model', 'shard_model_units', 'has_fsdp_units',
-    'frozen_components', 'reshard_fsdp', 'MIXED_PRECISION_PRESETS',
+    'frozen_components', 'reshard_fsdp', 'compile_backbone_blocks', 'MIXED_PRECISION_PRESETS',
     'fsdp_update_teacher', 'check_identical_sharding',
     'save_sharded_checkpoint', 'load_sharded_checkpoint', 'is_sharded_checkpoint',
     'read_sharded_state_dict', 'read_dcp_metadata', 'META_FILE'
@@ -130,7 +130,8 @@ def shard_dino_model(model: nn.Module,
                      mesh=None,
                      mixed_precision: Optional[dict] = None,
                      reshard_after_forward: bool = False,
-                     activation_checkpointing: bool = False) -> nn.Module:
+                     activation_checkpointing: bool = False,
+                     compile_blocks: bool = False) -> nn.Module:
     """Shard the student and teacher of a DINO model in place with FSDP2.
 
     Every transformer block is its own FSDP unit and every sub-module (``backbone``,
@@ -155,12 +156,19 @@ def shard_dino_model(model: nn.Module,
         reshard_after_forward (bool): False keeps gathered parameters until the backward
             pass (official ``SHARD_GRAD_OP``); True frees them after forward (``FULL_SHARD``).
         activation_checkpointing (bool): Recompute student blocks in the backward pass.
+        compile_blocks (bool): ``torch.compile`` every backbone block before sharding it
+            (:func:`compile_backbone_blocks`; official ``train.compile``), in the student,
+            the teacher and the frozen components. Defaults to False.
 
     Returns:
         nn.Module: ``model`` itself (FSDP2 converts the modules in place).
     """
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     if has_fsdp_units(model):
+        if compile_blocks:
+            raise ValueError(f'DINOFSDPStrategy: compile_blocks is for DINO algorithms; '
+                             f'{type(model).__name__} (a model with fsdp_units()) does not '
+                             'support it. Set it to False.')
         return shard_model_units(model, mesh, mixed_precision, reshard_after_forward,
                                  activation_checkpointing)
     if not (isinstance(getattr(model, 'student', None), nn.ModuleDict)
@@ -190,6 +198,8 @@ def shard_dino_model(model: nn.Module,
             # The teacher (and every frozen component) never runs backward: keeping its
             # gathered weights (SHARD_GRAD_OP) would only hold memory until the next forward.
             reshard = reshard_after_forward or side != 'student'
+            if compile_blocks:
+                compile_backbone_blocks(sub)
             for block in _blocks(sub):
                 fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
             fully_shard(sub, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
@@ -198,6 +208,26 @@ def shard_dino_model(model: nn.Module,
                     register_fsdp_forward_method(sub, method)
     check_identical_sharding(model)
     return model
+
+
+def compile_backbone_blocks(module: nn.Module) -> List[str]:
+    """``torch.compile`` the repeated units of a backbone in place, as the official DINOv3
+    trainer does with ``train.compile`` (before sharding): every transformer block of a ViT,
+    every stage and downsampling layer of a ConvNeXt.
+
+    ``nn.Module.compile`` keeps the module (and so every parameter name, checkpoint key and
+    layer-decay rule) where it is; only its call goes through the compiled graph. Heads are
+    not compiled (the official code does not either). Returns the compiled module names.
+    """
+    names = {id(m): n for n, m in module.named_modules()}
+    units = _blocks(module)
+    if not units:  # ConvNeXt: stages and downsampling layers
+        units = [unit for attr in ('stages', 'downsample_layers')
+                 if isinstance(getattr(module, attr, None), nn.ModuleList)
+                 for unit in getattr(module, attr)]
+    for unit in units:
+        unit.compile()
+    return [names[id(u)] for u in units]
 
 
 def frozen_components(model: nn.Module) -> List[str]:
@@ -743,6 +773,9 @@ class DINOFSDPStrategy(DDPStrategy):
         reshard_after_forward (bool): See :func:`shard_dino_model`. Defaults to False
             (official ``SHARD_GRAD_OP``).
         activation_checkpointing (bool): Recompute student blocks during backward.
+        compile_blocks (bool): ``torch.compile`` every backbone block (ViT) or stage
+            (ConvNeXt) before sharding, as the official DINOv3 ``train.compile``; the first
+            iterations pay the compilation. Defaults to False.
         dist_timeout (int): Seconds a collective waits for a missing rank before the job
             fails (a dead rank otherwise hangs its peers). Defaults to 1800.
         **kwargs: :class:`mmengine._strategy.DDPStrategy` arguments (``work_dir``, ...).
@@ -753,6 +786,7 @@ class DINOFSDPStrategy(DDPStrategy):
                  mixed_precision: Union[dict, str, None] = 'bf16',
                  reshard_after_forward: bool = False,
                  activation_checkpointing: bool = False,
+                 compile_blocks: bool = False,
                  dist_timeout: int = 1800,
                  **kwargs) -> None:
         kwargs.pop('model_wrapper', None)
@@ -766,6 +800,7 @@ class DINOFSDPStrategy(DDPStrategy):
         self.mixed_precision = mixed_precision
         self.reshard_after_forward = reshard_after_forward
         self.activation_checkpointing = activation_checkpointing
+        self.compile_blocks = compile_blocks
         self.dist_timeout = dist_timeout
         self.mesh = None
 
@@ -798,7 +833,7 @@ class DINOFSDPStrategy(DDPStrategy):
                                ', even for a single process.')
         self.mesh = init_device_mesh(device.split(':')[0], (dist.get_world_size(),))
         shard_dino_model(model, self.mesh, self.mixed_precision, self.reshard_after_forward,
-                         self.activation_checkpointing)
+                         self.activation_checkpointing, self.compile_blocks)
         if not has_fsdp_units(model):
             # The hooks call model.update_teacher(m); make it the shard-local update.
             model.update_teacher = lambda momentum: fsdp_update_teacher(model, momentum)

@@ -238,3 +238,42 @@ def test_dinov3_fsdp_config():
     assert cfg.model.type == 'dino_mm.DINOv3'
     strategy = DINOFSDPStrategy(**{k: v for k, v in cfg.strategy.items() if k != 'type'})
     assert strategy.activation_checkpointing is True
+    assert strategy.compile_blocks is True  # official train.compile
+
+
+def test_compile_blocks_keeps_names_and_numbers(group):
+    """Official ``train.compile``: every backbone block compiled in place before sharding;
+    names (checkpoint keys, layer decay) unchanged, losses and gradients as uncompiled."""
+    import copy
+
+    from dino_mm.engine.fsdp import compile_backbone_blocks
+    from dino_mm.models.backbones.convnext import DinoConvNeXt
+    from tests.pretrain.test_fsdp_fp16_gram import _batch
+    ref = tiny_dino()
+    model = copy.deepcopy(ref)
+    names = [n for n, _ in model.named_parameters()]
+    shard_dino_model(ref, mixed_precision=None)
+    shard_dino_model(model, mixed_precision=None, compile_blocks=True)
+    assert [n for n, _ in model.named_parameters()] == names
+    blocks = model.student.backbone._flat_blocks()
+    assert blocks and all(getattr(b, '_compiled_call_impl', None) is not None for b in blocks)
+    assert all(getattr(b, '_compiled_call_impl', None) is not None
+               for b in model.teacher.backbone._flat_blocks())
+    from torch._dynamo.utils import counters
+    counters.clear()
+    results = []
+    for m in (ref, model):
+        losses = m(**m.data_preprocessor(_batch(0), True), mode='loss')
+        sum(losses.values()).backward()
+        grads = {n: p.grad.full_tensor() for n, p in m.student.named_parameters()
+                 if p.grad is not None}
+        results.append(({k: float(v.detach()) for k, v in losses.items()}, grads))
+    (want, want_g), (got, got_g) = results
+    assert counters['stats']['unique_graphs'] > 0  # the blocks did run compiled
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert set(got_g) == set(want_g)
+    for k in want_g:
+        torch.testing.assert_close(got_g[k], want_g[k], rtol=1e-4, atol=1e-6)
+    convnext = DinoConvNeXt(arch='tiny', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+    assert compile_backbone_blocks(convnext) == [
+        *(f'stages.{i}' for i in range(4)), *(f'downsample_layers.{i}' for i in range(4))]

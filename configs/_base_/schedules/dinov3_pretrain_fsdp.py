@@ -8,6 +8,8 @@
 _base_ = ['./dinov2_pretrain_fsdp.py']
 _bf16_fp32 = dict(param_dtype='bf16', reduce_dtype='fp32')
 strategy = dict(
+    # official train.compile: every backbone block torch.compile-d before sharding
+    compile_blocks=True,
     mixed_precision=dict(
         student=dict(backbone=_bf16_fp32, dino_head=_bf16_fp32, ibot_head=_bf16_fp32),
         teacher=dict(backbone=dict(param_dtype='bf16'), dino_head=dict(param_dtype='bf16'),
