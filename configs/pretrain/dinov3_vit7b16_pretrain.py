@@ -3,9 +3,9 @@
 # epochs x 1000 iterations on LVD-1689M (use any dino_mm dataset; ImageNet-22k shown). Time
 # not published.
 # Stage 2: dinov3_vit7b16_gram_anchor.py, stage 3: dinov3_vit7b16_high_res_adapt.py.
-# Not reproduced: fp8 block matmuls (see configs/pretrain README). A 7B student + teacher
-# does not fit one GPU without sharding: launch dinov3_vit7b16_pretrain_fsdp.py (FSDP2, bf16,
-# compiled blocks as the official train.compile) on a cluster.
+# A 7B student + teacher does not fit one GPU without sharding: launch
+# dinov3_vit7b16_pretrain_fsdp.py (FSDP2, bf16, compiled blocks and fp8 block matmuls as the
+# official train.compile / fp8_enabled) on a cluster.
 _base_ = [
     '../_base_/models/dinov3_ssl.py', '../_base_/datasets/imagenet_dinov2_pretrain.py',
     '../_base_/default_runtime.py'

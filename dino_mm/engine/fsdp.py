@@ -131,7 +131,8 @@ def shard_dino_model(model: nn.Module,
                      mixed_precision: Optional[dict] = None,
                      reshard_after_forward: bool = False,
                      activation_checkpointing: bool = False,
-                     compile_blocks: bool = False) -> nn.Module:
+                     compile_blocks: bool = False,
+                     fp8_filter: Optional[str] = None) -> nn.Module:
     """Shard the student and teacher of a DINO model in place with FSDP2.
 
     Every transformer block is its own FSDP unit and every sub-module (``backbone``,
@@ -159,14 +160,19 @@ def shard_dino_model(model: nn.Module,
         compile_blocks (bool): ``torch.compile`` every backbone block before sharding it
             (:func:`compile_backbone_blocks`; official ``train.compile``), in the student,
             the teacher and the frozen components. Defaults to False.
+        fp8_filter (str, optional): Official ``fp8_enabled`` + ``fp8_filter``: the linear
+            layers of every backbone whose names match this regular expression (the
+            recipes: ``'blocks'``) compute with fp8 products
+            (:func:`dino_mm.models.layers.convert_linears_to_fp8`). Defaults to None (off).
 
     Returns:
         nn.Module: ``model`` itself (FSDP2 converts the modules in place).
     """
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     if has_fsdp_units(model):
-        if compile_blocks:
-            raise ValueError(f'DINOFSDPStrategy: compile_blocks is for DINO algorithms; '
+        if compile_blocks or fp8_filter:
+            raise ValueError(f'DINOFSDPStrategy: compile_blocks / fp8_filter are for DINO '
+                             'algorithms; '
                              f'{type(model).__name__} (a model with fsdp_units()) does not '
                              'support it. Set it to False.')
         return shard_model_units(model, mesh, mixed_precision, reshard_after_forward,
@@ -198,6 +204,9 @@ def shard_dino_model(model: nn.Module,
             # The teacher (and every frozen component) never runs backward: keeping its
             # gathered weights (SHARD_GRAD_OP) would only hold memory until the next forward.
             reshard = reshard_after_forward or side != 'student'
+            if fp8_filter and name == 'backbone':
+                from dino_mm.models.layers import convert_linears_to_fp8
+                convert_linears_to_fp8(sub, fp8_filter)
             if compile_blocks:
                 compile_backbone_blocks(sub)
             for block in _blocks(sub):
@@ -776,6 +785,9 @@ class DINOFSDPStrategy(DDPStrategy):
         compile_blocks (bool): ``torch.compile`` every backbone block (ViT) or stage
             (ConvNeXt) before sharding, as the official DINOv3 ``train.compile``; the first
             iterations pay the compilation. Defaults to False.
+        fp8_filter (str, optional): fp8 products in the backbone linear layers matching
+            this regular expression (official ``fp8_enabled: true, fp8_filter: blocks``; needs
+            fp8 tensor cores to be fast). Defaults to None.
         dist_timeout (int): Seconds a collective waits for a missing rank before the job
             fails (a dead rank otherwise hangs its peers). Defaults to 1800.
         **kwargs: :class:`mmengine._strategy.DDPStrategy` arguments (``work_dir``, ...).
@@ -787,6 +799,7 @@ class DINOFSDPStrategy(DDPStrategy):
                  reshard_after_forward: bool = False,
                  activation_checkpointing: bool = False,
                  compile_blocks: bool = False,
+                 fp8_filter: Optional[str] = None,
                  dist_timeout: int = 1800,
                  **kwargs) -> None:
         kwargs.pop('model_wrapper', None)
@@ -801,6 +814,7 @@ class DINOFSDPStrategy(DDPStrategy):
         self.reshard_after_forward = reshard_after_forward
         self.activation_checkpointing = activation_checkpointing
         self.compile_blocks = compile_blocks
+        self.fp8_filter = fp8_filter
         self.dist_timeout = dist_timeout
         self.mesh = None
 
@@ -833,7 +847,7 @@ class DINOFSDPStrategy(DDPStrategy):
                                ', even for a single process.')
         self.mesh = init_device_mesh(device.split(':')[0], (dist.get_world_size(),))
         shard_dino_model(model, self.mesh, self.mixed_precision, self.reshard_after_forward,
-                         self.activation_checkpointing, self.compile_blocks)
+                         self.activation_checkpointing, self.compile_blocks, self.fp8_filter)
         if not has_fsdp_units(model):
             # The hooks call model.update_teacher(m); make it the shard-local update.
             model.update_teacher = lambda momentum: fsdp_update_teacher(model, momentum)

@@ -239,6 +239,7 @@ def test_dinov3_fsdp_config():
     strategy = DINOFSDPStrategy(**{k: v for k, v in cfg.strategy.items() if k != 'type'})
     assert strategy.activation_checkpointing is True
     assert strategy.compile_blocks is True  # official train.compile
+    assert strategy.fp8_filter == 'blocks'  # official fp8_enabled, fp8_filter: blocks
 
 
 def test_compile_blocks_keeps_names_and_numbers(group):
@@ -277,3 +278,28 @@ def test_compile_blocks_keeps_names_and_numbers(group):
     convnext = DinoConvNeXt(arch='tiny', depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
     assert compile_backbone_blocks(convnext) == [
         *(f'stages.{i}' for i in range(4)), *(f'downsample_layers.{i}' for i in range(4))]
+
+
+def test_fp8_filter_converts_every_backbone_and_trains(group):
+    """Official fp8_enabled / fp8_filter='blocks': the block linears of the student,
+    teacher and Gram-teacher backbones compute in fp8; a training step stays finite."""
+    from dino_mm.models.layers import FP8Linear
+    from tests.models.algorithms.test_dinov3 import backbone_cfg, build
+    from tests.pretrain.test_fsdp_fp16_gram import _batch
+    model = build(backbone=backbone_cfg(embed_dim=64, num_heads=4,
+                                        pos_embed_rope_rescale_coords=None))
+    names = [n for n, _ in model.named_parameters()]
+    strategy = DINOFSDPStrategy(mixed_precision='bf16', fp8_filter='blocks')
+    shard_dino_model(model, mixed_precision=strategy.mixed_precision,
+                     fp8_filter=strategy.fp8_filter)
+    assert [n for n, _ in model.named_parameters()] == names
+    for side in (model.student, model.teacher, model.gram_teacher):
+        assert isinstance(side.backbone.blocks[0].mlp.fc2, FP8Linear)
+    assert not isinstance(model.student.dino_head.mlp[0], FP8Linear)  # heads stay
+    optim = torch.optim.AdamW(model.student.parameters(), lr=1e-3)
+    from mmengine.optim import OptimWrapper
+    before = model.student.backbone.blocks[0].mlp.fc1.weight.full_tensor().clone()
+    logs = model.train_step(_batch(0), OptimWrapper(optim))
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in logs.values())
+    assert not torch.equal(model.student.backbone.blocks[0].mlp.fc1.weight.full_tensor(),
+                           before)
