@@ -14,6 +14,9 @@ installed; ``--require-xformers`` turns that into a failure):
 * ``amp-bf16`` / ``amp-fp16``: training steps of a ViT backbone under bf16 autocast and under
   fp16 autocast with a ``torch.amp.GradScaler``; losses finite, first loss close to the
   fp32 one, weights updated, fp16 steps not all skipped by the scaler.
+* ``fp8``: the official fp8 block matmul (:func:`dino_mm.models.layers.fp8_linear.
+  fp8_linear`) on a 4096 x 4096 product against bf16: relative error < 5 %, speed ratio
+  (NOT RUN on GPUs without fp8 tensor cores).
 * ``fsdp-dcp`` / ``fsdp-fp16-dcp``: a DINOv2 student/teacher sharded with FSDP2
   (:func:`shard_dino_model`; bf16, then the official fp16 table with
   ``dino_mm.FP16OptimWrapper``) on a 1-rank NCCL group; two steps, a DCP checkpoint
@@ -63,7 +66,7 @@ from pretrain_throughput import PEAK_BF16_TFLOPS as _BASE_PEAKS  # noqa: E402
 # parts by default. Matched against torch.cuda.get_device_name: the longest key contained
 # in the name wins ("NVIDIA H100 PCIe" -> 'H100 PCIe'). Other GPUs: pass --peak-tflops.
 PEAK_BF16_TFLOPS: Dict[str, float] = dict(_BASE_PEAKS, **{'H100 PCIe': 756.0})
-CHECKS = ('xformers', 'amp', 'fsdp', 'throughput', 'timm')
+CHECKS = ('xformers', 'amp', 'fp8', 'fsdp', 'throughput', 'timm')
 # The two training benchmarks: DINOv3 ViT-L/16 (MLP) and DINOv2 ViT-g/14 (fused SwiGLU).
 TRAIN_ARCHS = (('ViT-L/16', 'dinov3_vitl16'), ('ViT-g/14', 'dinov2_vitg14'))
 
@@ -473,6 +476,37 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, 'full_tensor') else t).detach().float().clone()
 
 
+def check_fp8(args: argparse.Namespace, device: torch.device, size: int = 4096,
+              rounds: int = 10) -> CheckResult:
+    """fp8 block matmuls (official ``fp8_enabled``) against bf16: error and speed."""
+    from dino_mm.models.layers.fp8_linear import fp8_linear
+    if device.type == 'cuda' and torch.cuda.get_device_capability(device) < (8, 9):
+        return CheckResult('fp8', 'NOT RUN', 'this GPU has no fp8 tensor cores (needs compute '
+                           'capability 8.9+, e.g. L40 / H100)')
+    torch.manual_seed(0)
+    x = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    w = torch.randn(size, size, device=device, dtype=torch.bfloat16) * size**-0.5
+    ref = torch.nn.functional.linear(x, w)
+    out = fp8_linear(x, w)
+    rel = float((out.float() - ref.float()).norm() / ref.float().norm())
+    times: Dict[str, List[float]] = {'fp8': [], 'bf16': []}
+    fns = {'fp8': lambda: fp8_linear(x, w), 'bf16': lambda: torch.nn.functional.linear(x, w)}
+    for r in range(rounds):
+        for k in (('fp8', 'bf16') if r % 2 == 0 else ('bf16', 'fp8')):
+            _sync(device)
+            start = time.perf_counter()
+            fns[k]()
+            _sync(device)
+            times[k].append(1000 * (time.perf_counter() - start))
+    speed = spread(times['bf16'])['median'] / spread(times['fp8'])['median']
+    metrics = {'size': size, 'rel error vs bf16': rel, 'fp8/bf16 speed (median)': speed,
+               **{f'{k} ms min/median/max': spread(v) for k, v in times.items()}}
+    ok = rel < 0.05
+    return CheckResult('fp8', 'PASS' if ok else 'FAIL',
+                       f'fp8 x{speed:.2f} bf16 speed, rel error {rel:.3g}' if ok else
+                       f'fp8 product off by {rel:.3g} (relative)', metrics)
+
+
 def check_fsdp_dcp(args: argparse.Namespace, device: torch.device, fp16: bool = False,
                    spec: Optional[argparse.Namespace] = None) -> CheckResult:
     """1-GPU FSDP2 (NCCL) training; a DCP save + resume repeats the next step.
@@ -726,6 +760,8 @@ def run_checks(args: argparse.Namespace, device: torch.device,
     if 'amp' in args.only:
         results.append(_run('amp-bf16', lambda: check_amp(args, device, torch.bfloat16)))
         results.append(_run('amp-fp16', lambda: check_amp(args, device, torch.float16)))
+    if 'fp8' in args.only:
+        results.append(_run('fp8', lambda: check_fp8(args, device)))
     if 'fsdp' in args.only:
         results.append(_run('fsdp-dcp', lambda: check_fsdp_dcp(args, device)))
         results.append(_run('fsdp-fp16-dcp', lambda: check_fsdp_dcp(args, device, fp16=True)))

@@ -165,3 +165,11 @@ def test_fsdp_fp16_check_runs_on_gloo(tmp_path):
     assert result.name == 'fsdp-fp16-dcp'
     assert result.metrics['skipped_steps'][:3] != [True] * 3
     assert result.metrics['loss_scale'] > 0
+
+
+def test_fp8_check_logic_on_cpu():
+    """The fp8 check's numerics and report on CPU (torch._scaled_mm runs there too)."""
+    result = gck.check_fp8(gck.parse_args([]), torch.device('cpu'), size=128, rounds=2)
+    assert result.status == 'PASS', result.detail
+    assert 0 < result.metrics['rel error vs bf16'] < 0.05
+    assert result.metrics['fp8/bf16 speed (median)'] > 0
