@@ -3,10 +3,8 @@
 # as the official 7B run).
 # Launch: GPUS=256 GPUS_PER_NODE=8 bash tools/slurm_train.sh PARTITION JOB \
 #         configs/pretrain/dinov3_vit7b16_pretrain_fsdp.py
-# Checkpoints are DCP folders; the next stages read them by the same convention: give
-# stage 2 (dinov3_vit7b16_gram_anchor.py + ../_base_/schedules/dinov3_pretrain_fsdp.py) a
-# StageCheckpointHook with previous_stage='dinov3_vit7b16_pretrain_fsdp', or point its
-# model.gram_ckpt / load_from at this run's iter_N.pth folder.
+# Checkpoints are DCP folders. Stages 2 and 3 sharded: dinov3_vit7b16_gram_anchor_fsdp.py and
+# dinov3_vit7b16_high_res_adapt_fsdp.py, which find this run's folder by convention.
 _base_ = ['./dinov3_vit7b16_pretrain.py', '../_base_/schedules/dinov3_pretrain_fsdp.py']
 # official fp8_enabled + fp8_filter 'blocks': the block linears compute with fp8 products
 # (needs fp8 tensor cores, H100 and newer, to be faster; set None elsewhere)

@@ -303,3 +303,25 @@ def test_fp8_filter_converts_every_backbone_and_trains(group):
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in logs.values())
     assert not torch.equal(model.student.backbone.blocks[0].mlp.fc1.weight.full_tensor(),
                            before)
+
+
+def test_a_sharded_stage_continues_the_sharded_previous_stage(tmp_path):
+    """work_dirs/<stage>_fsdp continues <previous>_fsdp (a DCP folder) when that run exists,
+    else the plain <previous> run; the error names what is missing."""
+    from dino_mm.engine.hooks.stage_hooks import previous_stage_checkpoint
+
+    def run(name, ckpt, folder=False):
+        d = tmp_path / name
+        d.mkdir()
+        (d / ckpt).mkdir() if folder else (d / ckpt).write_bytes(b'x')
+        (d / 'last_checkpoint').write_text(str(d / ckpt))
+        return str(d / ckpt)
+
+    here = str(tmp_path / 'stage2_fsdp')
+    with pytest.raises(FileNotFoundError, match='stage1'):
+        previous_stage_checkpoint(here, 'stage1')
+    plain = run('stage1', 'iter_4.pth')
+    assert previous_stage_checkpoint(here, 'stage1') == plain  # only the plain run exists
+    sharded = run('stage1_fsdp', 'iter_8.pth', folder=True)
+    assert previous_stage_checkpoint(here, 'stage1') == sharded  # the same variant wins
+    assert previous_stage_checkpoint(str(tmp_path / 'stage2'), 'stage1') == plain

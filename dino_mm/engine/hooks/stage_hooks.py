@@ -29,6 +29,10 @@ def _set_load_from(runner, path: str) -> None:
     runner._load_from = path
 
 
+#: Config-name suffixes of a stage's launch variants (``X_fsdp.py`` runs stage ``X`` sharded).
+LAUNCH_VARIANTS = ('_fsdp', '_ddp')
+
+
 def previous_stage_checkpoint(work_dir: str, previous_stage: str,
                               previous_work_dir: Optional[str] = None,
                               what: str = 'load_from') -> str:
@@ -36,7 +40,10 @@ def previous_stage_checkpoint(work_dir: str, previous_stage: str,
 
     ``tools/train.py`` runs a config ``X.py`` in ``work_dirs/X``; the previous stage's run is
     the sibling folder ``<parent of work_dir>/<previous_stage>`` (or ``previous_work_dir``),
-    and MMEngine's ``last_checkpoint`` file there names its newest checkpoint.
+    and MMEngine's ``last_checkpoint`` file there names its newest checkpoint. A launch
+    variant of a stage (work dir ``<stage>_fsdp`` / ``<stage>_ddp``) continues the same
+    variant of the previous stage (``<previous_stage>_fsdp``) when that run exists, else
+    the plain ``<previous_stage>`` run; the checkpoint may be a file or a sharded folder.
 
     Args:
         work_dir (str): This stage's work dir.
@@ -48,7 +55,18 @@ def previous_stage_checkpoint(work_dir: str, previous_stage: str,
         FileNotFoundError: The previous stage has not run (or wrote no checkpoint); the
             message names the folder and the command that makes it.
     """
-    folder = previous_work_dir or osp.join(osp.dirname(osp.abspath(work_dir)), previous_stage)
+    if previous_work_dir:
+        folder = previous_work_dir
+    else:
+        parent, own = osp.split(osp.abspath(work_dir))
+        # A launch variant (X_fsdp.py of stage X) continues the same variant of the previous
+        # stage when that run exists, else the plain one.
+        names = [previous_stage + v for v in LAUNCH_VARIANTS
+                 if own.endswith(v) and not previous_stage.endswith(v)] + [previous_stage]
+        folders = [osp.join(parent, n) for n in names]
+        found = [f for f in folders if osp.isfile(osp.join(f, 'last_checkpoint'))]
+        folder = found[0] if found else folders[-1]
+        previous_stage = osp.basename(folder)
     marker = osp.join(folder, 'last_checkpoint')
     if not osp.isfile(marker):
         raise FileNotFoundError(
@@ -58,9 +76,9 @@ def previous_stage_checkpoint(work_dir: str, previous_stage: str,
             'to its checkpoint.')
     with open(marker, encoding='utf-8') as f:
         path = f.read().strip()
-    if not osp.isabs(path) and not osp.isfile(path):
-        path = osp.join(folder, osp.basename(path))
-    if not osp.isfile(path):
+    if not osp.isabs(path) and not osp.exists(path):
+        path = osp.join(folder, osp.basename(path.rstrip('/')))
+    if not osp.exists(path):  # a file, or the folder of a sharded checkpoint
         raise FileNotFoundError(f'StageCheckpointHook: "{marker}" names "{path}", which does '
                                 f'not exist; rerun the "{previous_stage}" stage or set '
                                 f'{what} to one of its checkpoints.')
