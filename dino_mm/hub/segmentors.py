@@ -227,9 +227,10 @@ def _load_full(model: nn.Module, entry: str, path: str) -> None:
         raise RuntimeError(
             f'{entry}: {path!r} is not a dino_mm segmentor checkpoint (missing '
             f'{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}). '
-            'Official Mask2Former files use the official adapter layout, which dino_mm '
-            'cannot convert yet; train with configs/segmentation or pass a dino_mm '
-            'checkpoint.')
+            'The adapter has the official layout, but official Mask2Former files also '
+            "hold the official head (pixel_decoder / predictor), which mmdet's "
+            'Mask2FormerHead cannot load yet; train with configs/segmentation or pass a '
+            'dino_mm checkpoint.')
 
 
 def dinov2_vitg14_ade20k_m2f(pretrained: Optional[bool] = None, weights: Optional[str] = None,

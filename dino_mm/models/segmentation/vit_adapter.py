@@ -5,16 +5,17 @@ has a convolutional *spatial prior module* that produces stride 4/8/16/32 featur
 and *extractors*: multi-scale deformable cross-attention from the pyramid tokens
 (queries) to the ViT patch tokens (values), followed by a convolutional FFN.
 
-This implementation follows the frozen-backbone form used for the DINOv3 7B
-segmentor: the ViT runs once (no gradients) and its outputs at ``interaction_indexes``
-feed one extractor each; the original adapter's *injectors* (which write back into
-the ViT stream and need gradients through every block) are not used. That overall form
-(frozen ViT under no_grad, extractor-only interactions, two extra extractors after the
-last one, level embeddings, a transposed-conv stride-4 level, one SyncBN per level) was
-checked against ``dinov3/eval/segmentation/models/backbone/dinov3_adapter.py`` in the
-dinov3 repository. Not matched one-to-one: module names and nesting (here the extractors
-are one flat list), the level-embedding init (std 0.02 here, unit normal there) and the
-use of the class token, so official checkpoints are not converted. Deformable attention
+This implementation follows the frozen-backbone form of the DINOv3 7B segmentor
+(``dinov3/eval/segmentation/models/backbone/dinov3_adapter.py``): the ViT runs once (no
+gradients) and its outputs at ``interaction_indexes`` feed one extractor each; the original
+adapter's *injectors* (which write back into the ViT stream) are not used; the last
+interaction has two extra extractors; level embeddings, a transposed-conv stride-4 level and
+one SyncBN per level. Module names and nesting are the official ones, so an official
+adapter state dict loads strictly (``spm.stem.{0,1,3,4,6,7}``, ``spm.conv{2,3,4}.{0,1}``,
+``interactions.{i}.extractor.*``, ``interactions.{last}.extra_extractors.{0,1}.*``,
+``ffn.dwconv.dwconv``, ``norm1..norm4``, ``level_embed``, ``up``); the level embeddings
+start from a unit normal as there. The official code reads the class token and never uses
+it; here it is not read. Deformable attention
 comes from ``mmcv.ops.MultiScaleDeformableAttention``; on CPU it runs mmcv's pure PyTorch
 ``multi_scale_deformable_attn_pytorch`` (grid_sample) path, on CUDA the compiled op.
 """
@@ -23,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmcv.cnn import ConvModule, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmcv.ops import MultiScaleDeformableAttention
 from mmengine.model import BaseModule
 from timm.layers import DropPath
@@ -55,6 +56,24 @@ def _level_index(shapes: Shapes, device: torch.device) -> Tuple[Tensor, Tensor]:
     return spatial, start
 
 
+def _init_adapter_module(m: nn.Module) -> None:
+    """The official adapter init: truncated-normal linears, unit norms, He-normal convs
+    (fan-out)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
+        if m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out)**0.5)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class SpatialPriorModule(nn.Module):
     """Conv stem giving stride-4 features and stride-8/16/32 tokens, all ``embed_dim``.
 
@@ -67,16 +86,17 @@ class SpatialPriorModule(nn.Module):
     def __init__(self, inplanes: int, embed_dim: int, norm_cfg: dict) -> None:
         super().__init__()
 
-        def conv(cin: int, cout: int, stride: int) -> ConvModule:
-            return ConvModule(cin, cout, 3, stride=stride, padding=1, bias=False,
-                              norm_cfg=norm_cfg, act_cfg=dict(type='ReLU'))
+        def conv(cin: int, cout: int, stride: int) -> List[nn.Module]:
+            # conv, norm, ReLU as three entries: the official Sequential indices
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                    build_norm_layer(norm_cfg, cout)[1], nn.ReLU(inplace=True)]
 
         self.stem = nn.Sequential(
-            conv(3, inplanes, 2), conv(inplanes, inplanes, 1), conv(inplanes, inplanes, 1),
+            *conv(3, inplanes, 2), *conv(inplanes, inplanes, 1), *conv(inplanes, inplanes, 1),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-        self.conv2 = conv(inplanes, 2 * inplanes, 2)
-        self.conv3 = conv(2 * inplanes, 4 * inplanes, 2)
-        self.conv4 = conv(4 * inplanes, 4 * inplanes, 2)
+        self.conv2 = nn.Sequential(*conv(inplanes, 2 * inplanes, 2))
+        self.conv3 = nn.Sequential(*conv(2 * inplanes, 4 * inplanes, 2))
+        self.conv4 = nn.Sequential(*conv(4 * inplanes, 4 * inplanes, 2))
         self.fc1 = nn.Conv2d(inplanes, embed_dim, 1)
         self.fc2 = nn.Conv2d(2 * inplanes, embed_dim, 1)
         self.fc3 = nn.Conv2d(4 * inplanes, embed_dim, 1)
@@ -90,6 +110,18 @@ class SpatialPriorModule(nn.Module):
         return [self.fc1(c1), self.fc2(c2), self.fc3(c3), self.fc4(c4)]
 
 
+class DWConv(nn.Module):
+    """The depthwise 3x3 conv of :class:`ConvFFN` (its own module: the official key is
+    ``ffn.dwconv.dwconv.weight``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dwconv(x)
+
+
 class ConvFFN(nn.Module):
     """Token FFN with a depthwise 3x3 conv applied to each pyramid level's map.
 
@@ -101,7 +133,7 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.dwconv = DWConv(hidden_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
@@ -150,6 +182,24 @@ class Extractor(nn.Module):
             level_start_index=start)
         if self.ffn is not None:
             query = query + self.drop_path(self.ffn(self.ffn_norm(query), query_shapes))
+        return query
+
+
+class InteractionBlock(nn.Module):
+    """One interaction: an extractor from one ViT output, plus (for the last interaction)
+    two extra extractors on the same output (official ``InteractionBlockWithCls``)."""
+
+    def __init__(self, make_extractor, extra: bool) -> None:
+        super().__init__()
+        self.extractor = make_extractor()
+        self.extra_extractors = (nn.Sequential(make_extractor(), make_extractor())
+                                 if extra else None)
+
+    def forward(self, query: Tensor, reference_points: Tensor, feat: Tensor,
+                feat_shape: Tuple[int, int], query_shapes: Shapes) -> Tensor:
+        query = self.extractor(query, reference_points, feat, feat_shape, query_shapes)
+        for extractor in (self.extra_extractors or ()):
+            query = extractor(query, reference_points, feat, feat_shape, query_shapes)
         return query
 
 
@@ -221,20 +271,29 @@ class DinoViTAdapter(BaseModule):
 
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(conv_inplane, dim, norm_cfg)
-        n_extract = len(self.interaction_indexes) + (2 if use_extra_extractor else 0)
-        self.extractors = nn.ModuleList([
-            Extractor(dim, deform_num_heads, n_points, deform_ratio, with_cffn,
-                      cffn_ratio, drop_path_rate) for _ in range(n_extract)
+        def make_extractor() -> Extractor:
+            return Extractor(dim, deform_num_heads, n_points, deform_ratio, with_cffn,
+                             cffn_ratio, drop_path_rate)
+
+        last = len(self.interaction_indexes) - 1
+        self.interactions = nn.Sequential(*[
+            InteractionBlock(make_extractor, extra=use_extra_extractor and i == last)
+            for i in range(len(self.interaction_indexes))
         ])
         self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
-        self.norms = nn.ModuleList(
-            [build_norm_layer(norm_cfg, dim)[1] for _ in range(4)])
+        for i in range(1, 5):  # official norm1..norm4, one per output level
+            self.add_module(f'norm{i}', build_norm_layer(norm_cfg, dim)[1])
 
     def init_weights(self) -> None:
         # The ViT keeps its own (pretrained or official) init; only the adapter
         # parts are initialised here.
         super().init_weights()
-        nn.init.normal_(self.level_embed, std=0.02)
+        for part in (self.spm, self.interactions, self.up):
+            part.apply(_init_adapter_module)
+        for module in self.interactions.modules():  # after the Linear init, as official
+            if isinstance(module, MultiScaleDeformableAttention):
+                module.init_weights()
+        nn.init.normal_(self.level_embed)  # unit normal, as the official adapter
 
     def train(self, mode: bool = True) -> 'DinoViTAdapter':
         super().train(mode)
@@ -284,10 +343,9 @@ class DinoViTAdapter(BaseModule):
         ref = _reference_points(shapes, x.device)[None, :, None, :].expand(
             x.shape[0], -1, 1, -1)
 
-        feats = vit_maps + [vit_maps[-1]] * (len(self.extractors) - len(vit_maps))
-        for extractor, vit in zip(self.extractors, feats):
-            query = extractor(query, ref, vit.flatten(2).transpose(1, 2),
-                              tuple(vit.shape[2:]), shapes)
+        for block, vit in zip(self.interactions, vit_maps):
+            query = block(query, ref, vit.flatten(2).transpose(1, 2), tuple(vit.shape[2:]),
+                          shapes)
 
         b, _, d = query.shape
         outs, start = [], 0
@@ -305,4 +363,5 @@ class DinoViTAdapter(BaseModule):
                 c + F.interpolate(v, size=c.shape[2:], mode='bilinear', align_corners=False)
                 for c, v in zip(pyramid, vits)
             ]
-        return tuple(norm(c) for norm, c in zip(self.norms, pyramid))
+        norms = (self.norm1, self.norm2, self.norm3, self.norm4)
+        return tuple(norm(c) for norm, c in zip(norms, pyramid))

@@ -31,7 +31,7 @@ def test_pyramid_shapes_and_frozen_vit():
     assert [tuple(o.shape) for o in outs] == [(2, DIM, 14, 21), (2, DIM, 7, 11),
                                               (2, DIM, 4, 6), (2, DIM, 2, 3)]
     sum(o.square().mean() for o in outs).backward()
-    assert adapter.extractors[0].attn.value_proj.weight.grad is not None
+    assert adapter.interactions[0].extractor.attn.value_proj.weight.grad is not None
     assert adapter.spm.fc1.weight.grad is not None
     assert all(p.grad is None for p in adapter.backbone.parameters())
 
@@ -138,3 +138,81 @@ def test_mask2former_train_step_and_slide_inference():
         preds = model.predict(torch.randn(1, 3, 40, 50), _samples(1, (40, 50), 3))
     assert preds[0].pred_sem_seg.data.shape == (1, 40, 50)
     assert preds[0].seg_logits.data.shape == (3, 40, 50)
+
+
+def official_adapter_manifest(dim, inplanes, heads, points, deform_ratio, cffn_ratio,
+                              n_interactions):
+    """Official ``DINOv3_Adapter`` keys and shapes (without ``backbone.``), recorded from
+    ``dinov3/eval/segmentation/models/backbone/dinov3_adapter.py``: SyncBatchNorm convs in
+    Sequentials, one extractor per interaction, two extra ones in the last, MSDeformAttn
+    with one level and a ``deform_ratio``-wide value projection."""
+    out = {'level_embed': (3, dim), 'up.weight': (dim, dim, 2, 2), 'up.bias': (dim, )}
+
+    def bn(prefix, c):
+        out.update({f'{prefix}.weight': (c, ), f'{prefix}.bias': (c, ),
+                    f'{prefix}.running_mean': (c, ), f'{prefix}.running_var': (c, ),
+                    f'{prefix}.num_batches_tracked': ()})
+
+    def ln(prefix, c):
+        out.update({f'{prefix}.weight': (c, ), f'{prefix}.bias': (c, )})
+
+    def linear(prefix, cin, cout):
+        out.update({f'{prefix}.weight': (cout, cin), f'{prefix}.bias': (cout, )})
+
+    p = inplanes
+    for idx, (cin, cout) in zip((0, 3, 6), ((3, p), (p, p), (p, p))):
+        out[f'spm.stem.{idx}.weight'] = (cout, cin, 3, 3)
+        bn(f'spm.stem.{idx + 1}', cout)
+    for name, cin, cout in (('conv2', p, 2 * p), ('conv3', 2 * p, 4 * p),
+                            ('conv4', 4 * p, 4 * p)):
+        out[f'spm.{name}.0.weight'] = (cout, cin, 3, 3)
+        bn(f'spm.{name}.1', cout)
+    for i, cin in enumerate((p, 2 * p, 4 * p, 4 * p), start=1):
+        out.update({f'spm.fc{i}.weight': (dim, cin, 1, 1), f'spm.fc{i}.bias': (dim, )})
+        bn(f'norm{i}', dim)
+    value, hidden = int(dim * deform_ratio), int(dim * cffn_ratio)
+    prefixes = [f'interactions.{i}.extractor' for i in range(n_interactions)]
+    prefixes += [f'interactions.{n_interactions - 1}.extra_extractors.{k}' for k in (0, 1)]
+    for e in prefixes:
+        ln(f'{e}.query_norm', dim)
+        ln(f'{e}.feat_norm', dim)
+        linear(f'{e}.attn.sampling_offsets', dim, heads * points * 2)
+        linear(f'{e}.attn.attention_weights', dim, heads * points)
+        linear(f'{e}.attn.value_proj', dim, value)
+        linear(f'{e}.attn.output_proj', value, dim)
+        linear(f'{e}.ffn.fc1', dim, hidden)
+        out.update({f'{e}.ffn.dwconv.dwconv.weight': (hidden, 1, 3, 3),
+                    f'{e}.ffn.dwconv.dwconv.bias': (hidden, )})
+        linear(f'{e}.ffn.fc2', hidden, dim)
+        ln(f'{e}.ffn_norm', dim)
+    return out
+
+
+def test_official_adapter_state_dict_loads_strictly():
+    """A state dict with exactly the official adapter keys and shapes (random values) loads
+    with strict=True and runs; dino_mm's own keys are exactly the official ones."""
+    dim, heads = 64, 4
+    adapter = DinoViTAdapter(
+        backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov3_vits16', depth=4,
+                      embed_dim=dim, num_heads=2, pos_embed_rope_rescale_coords=None),
+        interaction_indexes=[0, 1, 2, 3], conv_inplane=16, deform_num_heads=heads,
+        n_points=4, deform_ratio=0.5, cffn_ratio=0.25, norm_cfg=dict(type='BN'))
+    manifest = official_adapter_manifest(dim, 16, heads, 4, 0.5, 0.25, 4)
+    own = {k: tuple(v.shape) for k, v in adapter.state_dict().items()
+           if not k.startswith('backbone.')}
+    assert set(own) == set(manifest), (sorted(set(own) - set(manifest))[:5],
+                                        sorted(set(manifest) - set(own))[:5])
+    assert own == manifest
+    torch.manual_seed(0)
+    official = {k: (torch.randn(shape) * 0.05 if shape else torch.tensor(1))
+                for k, shape in manifest.items()}
+    for k in official:
+        if k.endswith('running_var'):
+            official[k] = official[k].abs() + 0.5
+    full = dict(official, **{k: v for k, v in adapter.state_dict().items()
+                             if k.startswith('backbone.')})
+    adapter.load_state_dict(full, strict=True)
+    outs = adapter.eval()(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(1, dim, 16, 16), (1, dim, 8, 8),
+                                              (1, dim, 4, 4), (1, dim, 2, 2)]
+    assert all(torch.isfinite(o).all() for o in outs)
