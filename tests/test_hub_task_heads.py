@@ -207,3 +207,34 @@ def test_detector_default_loads_its_file(weights_dir):
     model, loud = _call_recording(hub.dinov3_vit7b16_de, **tiny)
     assert loud == []
     _assert_state_equal(model, state)
+
+
+def test_m2f_segmentor_loads_an_official_layout_head_file(weights_dir):
+    """``dinov3_vit7b16_ms`` with a head file in the official layout (adapter + detectron2
+    Mask2Former head under ``segmentation_model.``, no ViT; keys and shapes from the
+    manifests in tests/models/segmentation/test_vit_adapter.py) and the official backbone
+    file: every tensor lands where the converter says, nothing is left random."""
+    _need('dinov3_vit7b16_ms')
+    from dino_mm.models.segmentation.official_m2f import convert_official_m2f
+    from tests.models.segmentation.test_vit_adapter import (official_adapter_manifest,
+                                                            official_m2f_head_manifest)
+    tiny = dict(depth=4, embed_dim=32, num_heads=2, feat_channels=32,
+                adapter_kwargs=dict(conv_inplane=8, deform_num_heads=4))
+    official = {f'segmentation_model.0.{k}': v for k, v in official_adapter_manifest(
+        32, 8, 4, 4, 0.5, 0.25, 4).items()}
+    official.update(official_m2f_head_manifest(
+        [32] * 4, 32, enc_layers=6, enc_heads=1, enc_ffn=128, dec_layers=9, dec_ffn=256,
+        queries=100, classes=150))
+    torch.manual_seed(0)
+    head = {k: (torch.randn(s) if s else torch.tensor(3)) for k, s in official.items()}
+    for k in head:
+        if k.endswith('running_var'):
+            head[k] = head[k].abs() + 0.5
+    torch.save(head, weights_dir / 'dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth')
+    src = hub.dinov3_vit7b16_ms(pretrained=False, **tiny)
+    backbone = _randomised(src.backbone.backbone.state_dict())
+    torch.save(backbone, weights_dir / V3_7B_BACKBONE)
+    model, loud = _call_recording(hub.dinov3_vit7b16_ms, **tiny)
+    assert loud == []
+    _assert_state_equal(model, convert_official_m2f(head))
+    _assert_state_equal(model.backbone.backbone, backbone)

@@ -220,17 +220,25 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
 
 
 def _load_full(model: nn.Module, entry: str, path: str) -> None:
+    """Load a whole segmentor file: dino_mm's layout, or the official DINOv3 one
+    (``segmentation_model.0`` adapter, ``.1`` Mask2Former head; converted), which may leave
+    out the ViT (loaded from the backbone file afterwards)."""
     from dino_mm.models.segmentation import load_state_dict_file
+    from dino_mm.models.segmentation.official_m2f import convert_official_m2f, is_official_m2f
     state = load_state_dict_file(path)
+    official = is_official_m2f(state)
+    if official:
+        state = convert_official_m2f(state)
     result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in result.missing_keys
+               if not (official and k.startswith('backbone.backbone.'))]
+    if missing or result.unexpected_keys:
         raise RuntimeError(
-            f'{entry}: {path!r} is not a dino_mm segmentor checkpoint (missing '
-            f'{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}). '
-            'The adapter has the official layout, but official Mask2Former files also '
-            "hold the official head (pixel_decoder / predictor), which mmdet's "
-            'Mask2FormerHead cannot load yet; train with configs/segmentation or pass a '
-            'dino_mm checkpoint.')
+            f'{entry}: {path!r} does not fit this segmentor (missing {missing[:6]}, '
+            f'unexpected {result.unexpected_keys[:6]}; '
+            f'{"official" if official else "dino_mm"} layout). Check the hub arguments '
+            '(backbone size, feat_channels, adapter_kwargs) against the file, or train with '
+            'configs/segmentation.')
 
 
 def dinov2_vitg14_ade20k_m2f(pretrained: Optional[bool] = None, weights: Optional[str] = None,
@@ -281,8 +289,9 @@ def dinov3_vit7b16_ms(pretrained: Optional[bool] = None, weights: Optional[str] 
 
     Args:
         pretrained (bool, optional): Load the local files
-            ``dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth`` (a dino_mm-layout checkpoint;
-            the official layout is not convertible yet) and
+            ``dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth`` (the official layout,
+            converted by :func:`dino_mm.models.segmentation.official_m2f.convert_official_m2f`,
+            or a dino_mm-layout checkpoint) and
             ``dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth``. None (default): load them if
             both are here, else warn loudly and return random weights. True: a missing
             file raises. False: random weights.

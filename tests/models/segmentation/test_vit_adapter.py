@@ -216,3 +216,95 @@ def test_official_adapter_state_dict_loads_strictly():
     assert [tuple(o.shape) for o in outs] == [(1, dim, 16, 16), (1, dim, 8, 8),
                                               (1, dim, 4, 4), (1, dim, 2, 2)]
     assert all(torch.isfinite(o).all() for o in outs)
+
+
+def official_m2f_head_manifest(in_channels, dim, enc_layers, enc_heads, enc_ffn, dec_layers,
+                               dec_ffn, queries, classes, points=4, levels=3):
+    """Official DINOv3 Mask2Former head keys and shapes (under ``segmentation_model.1.``),
+    recorded from ``dinov3/eval/segmentation/models/heads/{mask2former_head,pixel_decoder,
+    mask2former_transformer_decoder}.py``: GroupNorm convs (no conv bias where a norm
+    follows), detectron2 ``Conv2d`` wrappers holding ``.norm``, a 3-level deformable encoder
+    with a bare ``level_encoding`` parameter, ``nn.MultiheadAttention`` decoder layers, a
+    3-layer mask MLP. ``input_proj`` convs exist only where a level's width differs from
+    ``dim`` (none here)."""
+    out = {}
+
+    def add(prefix, **shapes):
+        out.update({f'segmentation_model.1.{prefix}.{k}': v for k, v in shapes.items()})
+
+    for l, cin in enumerate(in_channels[::-1][:levels]):  # strides 32, 16, 8
+        add(f'pixel_decoder.input_convs.{l}.0', weight=(dim, cin, 1, 1), bias=(dim, ))
+        add(f'pixel_decoder.input_convs.{l}.1', weight=(dim, ), bias=(dim, ))
+    out['segmentation_model.1.pixel_decoder.encoder.level_encoding'] = (levels, dim)
+    for i in range(enc_layers):
+        e = f'pixel_decoder.encoder.encoder.layers.{i}'
+        add(f'{e}.self_attn.sampling_offsets', weight=(enc_heads * levels * points * 2, dim),
+            bias=(enc_heads * levels * points * 2, ))
+        add(f'{e}.self_attn.attention_weights', weight=(enc_heads * levels * points, dim),
+            bias=(enc_heads * levels * points, ))
+        add(f'{e}.self_attn.value_proj', weight=(dim, dim), bias=(dim, ))
+        add(f'{e}.self_attn.output_proj', weight=(dim, dim), bias=(dim, ))
+        add(f'{e}.norm1', weight=(dim, ), bias=(dim, ))
+        add(f'{e}.linear1', weight=(enc_ffn, dim), bias=(enc_ffn, ))
+        add(f'{e}.linear2', weight=(dim, enc_ffn), bias=(dim, ))
+        add(f'{e}.norm2', weight=(dim, ), bias=(dim, ))
+    add('pixel_decoder.mask_feature', weight=(dim, dim, 1, 1), bias=(dim, ))
+    add('pixel_decoder.lateral_convs.0', weight=(dim, in_channels[0], 1, 1))
+    add('pixel_decoder.lateral_convs.0.norm', weight=(dim, ), bias=(dim, ))
+    add('pixel_decoder.output_convs.0', weight=(dim, dim, 3, 3))
+    add('pixel_decoder.output_convs.0.norm', weight=(dim, ), bias=(dim, ))
+    add('predictor.query_feat', weight=(queries, dim))
+    add('predictor.query_embed', weight=(queries, dim))
+    add('predictor.level_embed', weight=(levels, dim))
+    for i in range(dec_layers):
+        for kind, attn in (('self', 'self_attn'), ('cross', 'multihead_attn')):
+            p = f'predictor.transformer_{kind}_attention_layers.{i}'
+            add(f'{p}.{attn}', in_proj_weight=(3 * dim, dim), in_proj_bias=(3 * dim, ))
+            add(f'{p}.{attn}.out_proj', weight=(dim, dim), bias=(dim, ))
+            add(f'{p}.norm', weight=(dim, ), bias=(dim, ))
+        p = f'predictor.transformer_ffn_layers.{i}'
+        add(f'{p}.linear1', weight=(dec_ffn, dim), bias=(dec_ffn, ))
+        add(f'{p}.linear2', weight=(dim, dec_ffn), bias=(dim, ))
+        add(f'{p}.norm', weight=(dim, ), bias=(dim, ))
+    add('predictor.post_norm', weight=(dim, ), bias=(dim, ))
+    add('predictor.class_embed', weight=(classes + 1, dim), bias=(classes + 1, ))
+    for k in range(3):
+        add(f'predictor.mask_embed.layers.{k}', weight=(dim, dim), bias=(dim, ))
+    return out
+
+
+def test_official_m2f_segmentor_file_converts_and_loads_strictly():
+    """A segmentor state dict with exactly the official keys and shapes (adapter + head
+    manifests, the ViT in its official layout) converts to dino_mm's, loads strictly and
+    runs; an unknown key is named, not dropped."""
+    from mmengine.registry import DefaultScope
+
+    from dino_mm.models.segmentation.official_m2f import convert_official_m2f
+    import mmdet.models  # noqa: F401
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(tiny_m2f_cfg())
+    own = model.state_dict()
+    official = {f'segmentation_model.0.{k}': v for k, v in official_adapter_manifest(
+        DIM, 8, 4, 4, 0.5, 0.25, 2).items()}
+    official.update(official_m2f_head_manifest([DIM] * 4, DIM, enc_layers=1, enc_heads=4,
+                                               enc_ffn=64, dec_layers=2, dec_ffn=64,
+                                               queries=8, classes=3))
+    torch.manual_seed(0)
+    state = {k: (torch.randn(s) * 0.05 if s else torch.tensor(1)) for k, s in official.items()}
+    for k in state:
+        if k.endswith('running_var'):
+            state[k] = state[k].abs() + 0.5
+    vit = {k: v for k, v in own.items() if k.startswith('backbone.backbone.')}
+    state.update({'segmentation_model.0.' + k[len('backbone.'):]: v for k, v in vit.items()})
+    converted = convert_official_m2f(state)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {
+        k: tuple(v.shape) for k, v in own.items()}
+    model.load_state_dict(converted, strict=True)
+    model.eval()
+    with torch.no_grad():
+        preds = model.predict(torch.randn(1, 3, 56, 56), _samples(1, (56, 56), 3))
+    assert preds[0].seg_logits.data.shape == (3, 56, 56)
+    assert torch.isfinite(preds[0].seg_logits.data).all()
+    with pytest.raises(KeyError, match='segmentation_model.1.predictor.extra'):
+        convert_official_m2f(dict(state, **{'segmentation_model.1.predictor.extra':
+                                            torch.zeros(1)}))
