@@ -38,6 +38,7 @@ arguments are bad. The script never skips because of a missing GPU: it stops wit
 """
 import argparse
 import copy
+import functools
 import gc
 import json
 import math
@@ -476,6 +477,23 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, 'full_tensor') else t).detach().float().clone()
 
 
+def interleaved_ms(device: torch.device, fns: Dict[str, Callable[[], object]], rounds: int,
+                   iters: int = 1) -> Dict[str, List[float]]:
+    """ms per call of each of two functions, timed in alternating order round by round
+    (``iters`` calls per round), so drifts of the machine hit both alike."""
+    first, second = list(fns)
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in ((first, second) if r % 2 == 0 else (second, first)):
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                fns[k]()
+            _sync(device)
+            times[k].append(1000 * (time.perf_counter() - start) / iters)
+    return times
+
+
 def check_fp8(args: argparse.Namespace, device: torch.device, size: int = 4096,
               rounds: int = 10) -> CheckResult:
     """fp8 block matmuls (official ``fp8_enabled``) against bf16: error and speed."""
@@ -489,15 +507,8 @@ def check_fp8(args: argparse.Namespace, device: torch.device, size: int = 4096,
     ref = torch.nn.functional.linear(x, w)
     out = fp8_linear(x, w)
     rel = float((out.float() - ref.float()).norm() / ref.float().norm())
-    times: Dict[str, List[float]] = {'fp8': [], 'bf16': []}
-    fns = {'fp8': lambda: fp8_linear(x, w), 'bf16': lambda: torch.nn.functional.linear(x, w)}
-    for r in range(rounds):
-        for k in (('fp8', 'bf16') if r % 2 == 0 else ('bf16', 'fp8')):
-            _sync(device)
-            start = time.perf_counter()
-            fns[k]()
-            _sync(device)
-            times[k].append(1000 * (time.perf_counter() - start))
+    times = interleaved_ms(device, {'fp8': lambda: fp8_linear(x, w),
+                                    'bf16': lambda: torch.nn.functional.linear(x, w)}, rounds)
     speed = spread(times['bf16'])['median'] / spread(times['fp8'])['median']
     metrics = {'size': size, 'rel error vs bf16': rel, 'fp8/bf16 speed (median)': speed,
                **{f'{k} ms min/median/max': spread(v) for k, v in times.items()}}
@@ -708,20 +719,14 @@ def check_timm_forward(args: argparse.Namespace, device: torch.device) -> CheckR
     theirs.load_state_dict(converted, strict=True)
     models = {'dino_mm': ours.to(device).eval(), 'timm': theirs.to(device).eval()}
     x = torch.randn(args.timm_batch, 3, args.img_size, args.img_size, device=device)
-    times: Dict[str, List[float]] = {k: [] for k in models}
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         outs = {k: _forward(k, m, x).float() for k, m in models.items()}
         for _ in range(args.warmup):
             for k, m in models.items():
                 _forward(k, m, x)
-        for r in range(args.rounds):
-            for k in (('dino_mm', 'timm') if r % 2 == 0 else ('timm', 'dino_mm')):
-                _sync(device)
-                start = time.perf_counter()
-                for _ in range(args.round_iters):
-                    _forward(k, models[k], x)
-                _sync(device)
-                times[k].append(1000 * (time.perf_counter() - start) / args.round_iters)
+        times = interleaved_ms(device, {k: functools.partial(_forward, k, m, x)
+                                        for k, m in models.items()},
+                               args.rounds, args.round_iters)
     rel = _max_rel(outs['dino_mm'], outs['timm'])
     metrics = {'arch': args.timm_arch, 'batch': args.timm_batch, 'output rel diff': rel}
     for k, ms in times.items():
