@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmcv.ops import MultiScaleDeformableAttention
 from mmengine.model import BaseModule
+from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_init
 from timm.layers import DropPath
 from torch import Tensor
 from torchvision.ops import roi_align
@@ -60,18 +61,12 @@ def _init_adapter_module(m: nn.Module) -> None:
     """The official adapter init: truncated-normal linears, unit norms, He-normal convs
     (fan-out)."""
     if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        trunc_normal_init(m, std=0.02, bias=0)
     elif isinstance(m, (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
-        if m.weight is not None:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        constant_init(m, 1, bias=0)
     elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out)**0.5)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        normal_init(m, 0.0, (2.0 / fan_out)**0.5, bias=0)
 
 
 class SpatialPriorModule(nn.Module):
