@@ -172,9 +172,9 @@ def shard_dino_model(model: nn.Module,
     if has_fsdp_units(model):
         if compile_blocks or fp8_filter:
             raise ValueError(f'DINOFSDPStrategy: compile_blocks / fp8_filter are for DINO '
-                             'algorithms; '
-                             f'{type(model).__name__} (a model with fsdp_units()) does not '
-                             'support it. Set it to False.')
+                             f'algorithms; {type(model).__name__} (a model with fsdp_units()) '
+                             'does not support them. Set compile_blocks=False and '
+                             'fp8_filter=None.')
         return shard_model_units(model, mesh, mixed_precision, reshard_after_forward,
                                  activation_checkpointing)
     if not (isinstance(getattr(model, 'student', None), nn.ModuleDict)

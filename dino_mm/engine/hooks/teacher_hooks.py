@@ -12,7 +12,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from dino_mm.engine.schedulers import CosineSchedule, linear_warmup_cosine_decay
+from dino_mm.engine.schedulers import CosineSchedule, _V2Schedule, linear_warmup_cosine_decay
 from dino_mm.registry import HOOKS
 
 __all__ = ['LossWeightScheduleHook', 'TeacherMomentumHook', 'TeacherTempHook', 'unwrap_model']
@@ -80,7 +80,6 @@ class TeacherMomentumHook(Hook):
                             'custom_hooks or use a DINO algorithm model.')
         total = self.total_iters if self.total_iters is not None else runner.max_iters
         if self.schedule_version == 'v2':
-            from dino_mm.engine.schedulers import _V2Schedule
             warmup = total if self.warmup_iters is None else self.warmup_iters
             self.schedule = _V2Schedule(self.momentum_teacher, self.final_momentum_teacher,
                                         self.final_momentum_teacher, warmup, total)
