@@ -27,6 +27,8 @@ import sys
 import pytest
 import torch
 
+from tests.distributed import failure, torchrun, worker_env
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 N_IMAGES = 24
 GLOBAL_BATCH = 4
@@ -248,9 +250,7 @@ def _worker(out: str, mode: str) -> None:
 
 # ------------------------------------------------------------------------------ tests
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    env.pop('CUDA_VISIBLE_DEVICES', None)
-    return env
+    return worker_env()
 
 
 def _losses(path):
@@ -264,14 +264,12 @@ def runs(tmp_path_factory):
     me = osp.abspath(__file__)
     ref = subprocess.Popen([sys.executable, me, out, 'ref'], env=_env(), cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    dist_run = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-         '--master_port', str(29500 + os.getpid() % 1000), me, out, 'dist'],
-        env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    logs = osp.join(out, 'logs')
+    dist_run = torchrun(me, out, 'dist', nproc=2, log_dir=logs, timeout=400)
     ref_log = ref.communicate(timeout=300)[0]
     assert ref.returncode == 0, ref_log[-3000:]
     log = dist_run.stdout + dist_run.stderr
-    assert osp.exists(osp.join(out, 'phases_done')), log[-6000:]
+    assert osp.exists(osp.join(out, 'phases_done')), failure(dist_run, logs)
     return out, dist_run.returncode, log
 
 

@@ -128,19 +128,17 @@ def _worker(out: str) -> None:
     result['gram'] = _gram_phase(rank)
     with open(osp.join(out, f'rank{rank}.json'), 'w') as f:
         json.dump(result, f)
+    dist.barrier()  # no rank closes its gloo pairs while the other still reads them
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
+    from tests.distributed import failure, torchrun
     out = str(tmp_path_factory.mktemp('fsdp_fp16_gram'))
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    env.pop('CUDA_VISIBLE_DEVICES', None)
-    run = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(WORLD),
-         '--master_port', str(31500 + os.getpid() % 1000), __file__, out],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    logs = osp.join(out, 'logs')
+    run = torchrun(__file__, out, nproc=WORLD, log_dir=logs, timeout=400)
+    assert run.returncode == 0, failure(run, logs)
     results = []
     for rank in range(WORLD):
         with open(osp.join(out, f'rank{rank}.json')) as f:

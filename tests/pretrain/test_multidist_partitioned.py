@@ -250,14 +250,11 @@ def runs(tmp_path_factory):
     torch.save(ref.state_dict(), osp.join(out, 'init.pth'))
     batches = _batches(WORLD)
     torch.save(batches, osp.join(out, 'batches.pth'))
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    env.pop('CUDA_VISIBLE_DEVICES', None)
-    run = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(WORLD),
-         '--master_port', str(30500 + os.getpid() % 1000), osp.abspath(__file__), out],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=500)
+    from tests.distributed import failure, torchrun
+    logs = osp.join(out, 'logs')
+    run = torchrun(osp.abspath(__file__), out, nproc=WORLD, log_dir=logs, timeout=500)
     log = run.stdout + run.stderr
-    assert run.returncode == 0 and osp.exists(osp.join(out, 'done')), log[-8000:]
+    assert run.returncode == 0 and osp.exists(osp.join(out, 'done')), failure(run, logs)
 
     # the oracle: one process, every student, the global batch
     model = ref.train()
