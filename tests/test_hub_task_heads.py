@@ -238,3 +238,36 @@ def test_m2f_segmentor_loads_an_official_layout_head_file(weights_dir):
     assert loud == []
     _assert_state_equal(model, convert_official_m2f(head))
     _assert_state_equal(model.backbone.backbone, backbone)
+
+
+def test_dinov2_m2f_segmentor_loads_the_official_mmseg0_file(weights_dir):
+    """``dinov2_vitg14_ade20k_m2f`` with a file in the official layout (mmseg 0.x: the
+    original ViT-Adapter with its ViT under ``backbone.``, the mmcv-1.x Mask2Former under
+    ``decode_head.``; keys and shapes from the manifests of
+    tests/models/segmentation/test_vit_adapter_injector.py and test_dinov2_m2f_head.py):
+    it loads strictly, every tensor lands where the converter says, and it predicts."""
+    _need('dinov2_vitg14_ade20k_m2f')
+    from dino_mm.models.segmentation.official_m2f import convert_dinov2_m2f
+    from tests.models.segmentation import test_vit_adapter_injector as adapter
+    from tests.models.segmentation.test_dinov2_m2f_head import dinov2_m2f_head_manifest
+    official = adapter._random_official_state()
+    feat = 64
+    head = dinov2_m2f_head_manifest([adapter.D] * 4, feat, feat, enc_layers=6, enc_heads=2,
+                                    enc_ffn=4 * feat, dec_layers=9, dec_ffn=4 * feat,
+                                    queries=200, classes=150)
+    g = torch.Generator().manual_seed(1)
+    official.update({k: torch.randn(s, generator=g) for k, s in head.items()})
+    torch.save({'meta': {}, 'state_dict': official}, weights_dir / 'dinov2_vitg14_ade20k_m2f.pth')
+    tiny = dict(depth=adapter.DEPTH, embed_dim=adapter.D, num_heads=adapter.HEADS,
+                feat_channels=feat,
+                adapter_kwargs=dict(conv_inplane=adapter.INPLANE,
+                                    deform_num_heads=adapter.DEFORM_HEADS))
+    model, loud = _call_recording(hub.dinov2_vitg14_ade20k_m2f, **tiny)
+    assert loud == []
+    assert type(model.backbone).__name__ == 'ViTAdapter'
+    assert model.backbone.interaction_ranges == [tuple(r) for r in adapter.RANGES]
+    _assert_state_equal(model, convert_dinov2_m2f(official))
+    with torch.no_grad():
+        sample = model.predict(torch.randn(1, 3, 64, 64))[0]
+    logits = sample.seg_logits.data
+    assert logits.shape == (150, 64, 64) and torch.isfinite(logits).all()

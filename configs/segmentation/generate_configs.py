@@ -94,15 +94,23 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
     if version == 'dinov2':
         # Not in the DINOv2 README or model card; Papers with Code lists it from the paper.
         published = '60.2 (DINOv2 paper, frozen ViT-g + ViT-Adapter + M2F)'
-        heads, width, extra = 24, 256, ''
+        # The original ViT-Adapter (injectors; dinov2/eval/segmentation_m2f) with the
+        # ViT-Adapter repository's 40-block / 1536-wide Mask2Former recipe (block ranges,
+        # 24 deformable heads, 1024-wide head with 32 attention heads, FFN 4096, 200
+        # queries); the hosted dinov2_vitg14_ade20k_m2f_config.py could not be read here.
+        heads, width, ffn, attn_heads, queries, extra = 24, 1024, 4096, 32, 200, ''
+        adapter = "type='dino_mm.ViTAdapter',\n        "
+        indices = [[quarter * i, quarter * (i + 1) - 1] for i in range(4)]
         test = "mode='slide', crop_size=(512, 512), stride=(341, 341)"
     else:
         published = 'none in the dinov3 README (DINOv3 paper table not checked)'
-        heads, width = 32, 2048
+        heads, width, attn_heads, queries, adapter = 32, 2048, None, None, ''
+        ffn = 2 * width
         # docs/reference.md §5.6: hidden_dim 2048, eval 896 px slide (stride 596) with TTA ratios.
         test = ("mode='slide', crop_size=(896, 896), stride=(596, 596),\n"
                 '        img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1]')
         extra = M2F_TEST_896
+    attn = f', num_heads={attn_heads}' if attn_heads else ''
     lines = [
         f'# {version.upper()} {name} (frozen) + ViT-Adapter + Mask2Former, ADE20K.',
         f'# Published mIoU: {published}.',
@@ -115,7 +123,7 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
         '                      allow_failed_imports=False)',
         'model = dict(',
         '    backbone=dict(',
-        f"        backbone=dict(arch='{arch}', init_cfg=dict(",
+        f"        {adapter}backbone=dict(arch='{arch}', init_cfg=dict(",
         f"            type='Pretrained', checkpoint='checkpoints/{ckpt}')),",
         f'        interaction_indexes={indices}, deform_num_heads={heads}),',
         '    decode_head=dict(',
@@ -123,19 +131,22 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
     ]
     if width != 256:
         lines[-1] += ','
+        if queries:
+            lines += [f'        num_queries={queries},']
         lines += [
             f'        feat_channels={width}, out_channels={width},',
             '        pixel_decoder=dict(',
-            f'            encoder=dict(layer_cfg=dict(self_attn_cfg=dict(embed_dims={width}),',
+            f'            encoder=dict(layer_cfg=dict(self_attn_cfg=dict(embed_dims={width}'
+            f'{attn}),',
             f'                                        ffn_cfg=dict(embed_dims={width},',
             f'                                                     '
-            f'feedforward_channels={2 * width}))),',
+            f'feedforward_channels={ffn}))),',
             f'            positional_encoding=dict(num_feats={width // 2})),',
             f'        positional_encoding=dict(num_feats={width // 2}),',
             '        transformer_decoder=dict(layer_cfg=dict(',
-            f'            self_attn_cfg=dict(embed_dims={width}),',
-            f'            cross_attn_cfg=dict(embed_dims={width}),',
-            f'            ffn_cfg=dict(embed_dims={width}, feedforward_channels={2 * width})))',
+            f'            self_attn_cfg=dict(embed_dims={width}{attn}),',
+            f'            cross_attn_cfg=dict(embed_dims={width}{attn}),',
+            f'            ffn_cfg=dict(embed_dims={width}, feedforward_channels={ffn})))',
         ]
     lines[-1] += '),'
     lines.append(f'    test_cfg=dict({test}))')

@@ -155,13 +155,18 @@ for _size in _V2:
 
 def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
                test_cfg: dict, backbone_kwargs: Dict, adapter_kwargs: Dict,
-               num_classes: int = 150) -> nn.Module:
+               num_classes: int = 150, adapter: str = 'dino_mm.DinoViTAdapter',
+               num_queries: int = 100, attn_heads: Optional[int] = None,
+               encoder_ffn: Optional[int] = None, decoder_ffn: Optional[int] = None
+               ) -> nn.Module:
     import mmdet.models  # noqa: F401 (mmseg's Mask2FormerHead needs mmdet registered)
 
     from dino_mm.models.segmentation import DinoEncoderDecoder  # noqa: F401
     from dino_mm.registry import MODELS
     dim = backbone_kwargs.get('embed_dim', dim)
-    heads = max(1, min(8, feat // 32))
+    heads = attn_heads or max(1, min(8, feat // 32))
+    encoder_ffn = encoder_ffn or feat * 4
+    decoder_ffn = decoder_ffn or feat * 8
     cfg = dict(
         type='dino_mm.DinoEncoderDecoder',
         data_preprocessor=dict(
@@ -169,13 +174,13 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
             std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_val=0, seg_pad_val=255),
         pad_to_patch=False,
         backbone=dict(
-            type='dino_mm.DinoViTAdapter',
+            type=adapter,
             backbone=dict(type='dino_mm.DinoVisionTransformer', arch=arch, **backbone_kwargs),
             interaction_indexes=indices, deform_num_heads=num_heads, **adapter_kwargs),
         decode_head=dict(
             type='mmseg.Mask2FormerHead', in_channels=[dim] * 4, strides=[4, 8, 16, 32],
             feat_channels=feat, out_channels=feat, num_classes=num_classes,
-            num_queries=100, num_transformer_feat_level=3, align_corners=False,
+            num_queries=num_queries, num_transformer_feat_level=3, align_corners=False,
             pixel_decoder=dict(
                 type='mmdet.MSDeformAttnPixelDecoder', num_outs=3,
                 norm_cfg=dict(type='GN', num_groups=min(32, feat // 4)),
@@ -183,7 +188,7 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
                 encoder=dict(num_layers=6, layer_cfg=dict(
                     self_attn_cfg=dict(embed_dims=feat, num_heads=heads, num_levels=3,
                                        num_points=4, dropout=0.0, batch_first=True),
-                    ffn_cfg=dict(embed_dims=feat, feedforward_channels=feat * 4,
+                    ffn_cfg=dict(embed_dims=feat, feedforward_channels=encoder_ffn,
                                  num_fcs=2, ffn_drop=0.0,
                                  act_cfg=dict(type='ReLU', inplace=True)))),
                 positional_encoding=dict(num_feats=feat // 2, normalize=True)),
@@ -196,7 +201,7 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
                                        proj_drop=0.0, batch_first=True),
                     cross_attn_cfg=dict(embed_dims=feat, num_heads=heads, attn_drop=0.0,
                                         proj_drop=0.0, batch_first=True),
-                    ffn_cfg=dict(embed_dims=feat, feedforward_channels=feat * 8,
+                    ffn_cfg=dict(embed_dims=feat, feedforward_channels=decoder_ffn,
                                  num_fcs=2, ffn_drop=0.0, add_identity=True,
                                  act_cfg=dict(type='ReLU', inplace=True))),
                 init_cfg=None),
@@ -219,61 +224,96 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
     return MODELS.build(ConfigDict(cfg))
 
 
-def _load_full(model: nn.Module, entry: str, path: str) -> None:
-    """Load a whole segmentor file: dino_mm's layout, or the official DINOv3 one
-    (``segmentation_model.0`` adapter, ``.1`` Mask2Former head; converted), which may leave
-    out the ViT (loaded from the backbone file afterwards)."""
+def _load_full(model: nn.Module, entry: str, path: str,
+               state: Optional[Dict] = None) -> None:
+    """Load a whole segmentor file: dino_mm's layout, the official DINOv3 one
+    (``segmentation_model.0`` adapter, ``.1`` Mask2Former head; converted, may leave out
+    the ViT, loaded from the backbone file afterwards) or the official DINOv2 ViT-g one
+    (mmseg 0.x ``backbone`` ViT-Adapter + ``decode_head``; converted, loaded strictly)."""
     from dino_mm.models.segmentation import load_state_dict_file
-    from dino_mm.models.segmentation.official_m2f import convert_official_m2f, is_official_m2f
-    state = load_state_dict_file(path)
+    from dino_mm.models.segmentation.official_m2f import (convert_dinov2_m2f,
+                                                          convert_official_m2f,
+                                                          is_dinov2_m2f, is_official_m2f)
+    state = load_state_dict_file(path) if state is None else state
     official = is_official_m2f(state)
+    layout = 'official DINOv3' if official else 'dino_mm'
     if official:
         state = convert_official_m2f(state)
+    elif is_dinov2_m2f(state):
+        state, layout = convert_dinov2_m2f(state), 'official DINOv2'
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys
                if not (official and k.startswith('backbone.backbone.'))]
     if missing or result.unexpected_keys:
         raise RuntimeError(
             f'{entry}: {path!r} does not fit this segmentor (missing {missing[:6]}, '
-            f'unexpected {result.unexpected_keys[:6]}; '
-            f'{"official" if official else "dino_mm"} layout). Check the hub arguments '
-            '(backbone size, feat_channels, adapter_kwargs) against the file, or train with '
-            'configs/segmentation.')
+            f'unexpected {result.unexpected_keys[:6]}; {layout} layout). Check the hub '
+            'arguments (backbone size, feat_channels, adapter_kwargs) against the file, or '
+            'train with configs/segmentation.')
+
+
+def _pos_grid(state: Dict) -> Optional[int]:
+    """The square position-embedding grid stored in a segmentor file, if any."""
+    for key in ('backbone.pos_embed', 'backbone.backbone.pos_embed'):
+        if key in state:
+            n = state[key].shape[1] - 1
+            side = int(round(n ** 0.5))
+            return side if side * side == n else None
+    return None
 
 
 def dinov2_vitg14_ade20k_m2f(pretrained: Optional[bool] = None, weights: Optional[str] = None,
                              backbone_kwargs: Optional[Dict] = None,
                              adapter_kwargs: Optional[Dict] = None,
-                             feat_channels: int = 256, **kwargs) -> nn.Module:
-    """DINOv2 ViT-g/14 (frozen) + ViT-Adapter + Mask2Former on ADE20K.
+                             feat_channels: int = 1024, num_queries: int = 200,
+                             **kwargs) -> nn.Module:
+    """DINOv2 ViT-g/14 (frozen) + the original ViT-Adapter (injectors) + Mask2Former, ADE20K.
+
+    The official segmentor of ``dinov2/eval/segmentation_m2f``: :class:`dino_mm.models.
+    segmentation.ViTAdapter` over the ViT's blocks in four ranges (``[[0, 9], [10, 19],
+    [20, 29], [30, 39]]``), 24 deformable heads, and a 1024-wide Mask2Former with 32
+    attention heads, FFN 4096 and 200 queries -- the ViT-Adapter repository's 40-block /
+    1536-wide recipe; the hosted ``dinov2_vitg14_ade20k_m2f_config.py`` was not readable
+    here, so a file with other sizes is refused with the keys that do not fit.
 
     Args:
         pretrained (bool, optional): Load ``dinov2_vitg14_ade20k_m2f.pth`` (the whole
-            segmentor, in the dino_mm layout) from the local weights folders. None
-            (default): load it if it is here, else warn loudly and return random weights.
-            True: a missing file raises. False: random weights.
+            segmentor: the official mmseg 0.x file, converted by :func:`dino_mm.models.
+            segmentation.official_m2f.convert_dinov2_m2f`, or a dino_mm checkpoint) from
+            the local weights folders. None (default): load it if it is here, else warn
+            loudly and return random weights. True: a missing file raises. False: random
+            weights.
         weights (str, optional): Local segmentor checkpoint path; always loaded.
         backbone_kwargs (dict, optional): Overrides for ``DinoVisionTransformer``.
-        adapter_kwargs (dict, optional): Overrides for ``DinoViTAdapter``.
-        feat_channels (int): Mask2Former width. Defaults to 256 (mmseg's default; the
-            official value is in the hosted ``dinov2_vitg14_ade20k_m2f_config.py``, which
-            is not in the dinov2 repository and was not read).
-        **kwargs: Also forwarded to the ViT (convenience, e.g. ``depth=2``).
+        adapter_kwargs (dict, optional): Overrides for ``ViTAdapter``.
+        feat_channels (int): Mask2Former width. Defaults to 1024.
+        num_queries (int): Mask2Former queries. Defaults to 200.
+        **kwargs: Also forwarded to the ViT (convenience, e.g. ``depth=4``).
 
     Returns:
         DinoEncoderDecoder: the segmentor in eval mode (whole-image inference).
     """
+    from dino_mm.models.segmentation import load_state_dict_file
     bk = dict(backbone_kwargs or {}, **kwargs)
     depth = bk.get('depth', 40)
-    indices = [depth // 4 * (i + 1) - 1 for i in range(4)]
+    quarter = max(1, depth // 4)
+    ranges = [[quarter * i, quarter * (i + 1) - 1] for i in range(min(4, depth))]
     ak = dict(adapter_kwargs or {})
     heads = ak.pop('deform_num_heads', 24)
+    ak.setdefault('interaction_indexes', ranges)
     path = _resolve('dinov2_vitg14_ade20k_m2f', pretrained, weights,
                     'dinov2_vitg14_ade20k_m2f.pth', what='segmentor')['segmentor']
-    model = _m2f_model('dinov2_vitg14', 1536, indices, feat_channels, heads,
-                       dict(mode='whole'), bk, ak)
+    state = load_state_dict_file(path) if path is not None else None
+    grid = _pos_grid(state) if state is not None else None
+    if grid is not None:
+        bk.setdefault('img_size', grid * 14)  # the file's position-embedding grid
+    attn_heads = max(1, min(32, feat_channels // 32))
+    model = _m2f_model('dinov2_vitg14', 1536, ak.pop('interaction_indexes'), feat_channels,
+                       heads, dict(mode='whole'), bk, ak, adapter='dino_mm.ViTAdapter',
+                       num_queries=num_queries, attn_heads=attn_heads,
+                       encoder_ffn=4 * feat_channels, decoder_ffn=4 * feat_channels)
     if path is not None:
-        _load_full(model, 'dinov2_vitg14_ade20k_m2f', path)
+        _load_full(model, 'dinov2_vitg14_ade20k_m2f', path, state)
     return model.eval()
 
 

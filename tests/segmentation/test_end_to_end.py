@@ -136,11 +136,12 @@ def test_linear_ade20k_train_test_and_show_through_tools(ade_root, tmp_path):
 SCHEDULE = ('train_cfg.max_iters', 'train_cfg.val_interval', 'default_hooks.checkpoint.interval')
 
 
-def _train_and_test_through_tools(tmp_path, leaf, options):
+def _train_and_test_through_tools(tmp_path, leaf, options, show=False):
     """``tools/train.py`` (2 iterations) then ``tools/test.py --out`` on iter_2.pth.
 
     Like the linear case: a user-style config (the leaf plus the tiny model and data),
-    with the schedule passed as --cfg-options. Returns the dumped test metrics.
+    with the schedule passed as --cfg-options. Returns the dumped test metrics. With
+    ``show``, ``--show-dir`` must write one RGB overlay per validation image.
     """
     import json
     work_dir = options['work_dir']
@@ -151,12 +152,21 @@ def _train_and_test_through_tools(tmp_path, leaf, options):
     ckpt = osp.join(work_dir, 'iter_2.pth')
     assert osp.isfile(ckpt)
     out = str(tmp_path / 'metrics.json')
+    show_dir = str(tmp_path / 'show')
+    extra = (['--show-dir', show_dir] if show else [])
+    options_show = (['default_hooks.visualization.interval=1',
+                     'visualizer.name=seg_show_visualizer'] if show else [])
     metrics = _load_tool('test').main([
-        config, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', out,
-        '--cfg-options', 'test_dataloader.batch_size=1'])
+        config, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', out, *extra,
+        '--cfg-options', 'test_dataloader.batch_size=1', *options_show])
     with open(out) as f:
         dumped = json.load(f)
     assert dumped['mIoU'] == pytest.approx(metrics['mIoU'])
+    if show:
+        from PIL import Image
+        pngs = glob.glob(osp.join(show_dir, '**', '*.png'), recursive=True)
+        assert len(pngs) == 2, pngs
+        assert Image.open(pngs[0]).mode == 'RGB'
     return dumped
 
 
@@ -177,7 +187,8 @@ def test_mask2former_ade20k_train_and_evaluate(ade_root, tmp_path):
     options['model.backbone.backbone'] = dict(
         _delete_=True, type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14',
         depth=4, embed_dim=DIM, num_heads=2, img_size=56)
-    options.update({'model.backbone.interaction_indexes': [1, 3],
+    # The leaf's original ViT-Adapter (injectors) over two block ranges of the tiny ViT.
+    options.update({'model.backbone.interaction_indexes': [[0, 1], [2, 3]],
                     'model.backbone.conv_inplane': 8, 'model.backbone.deform_num_heads': 4})
     attn = dict(embed_dims=DIM, num_heads=4)
     ffn = dict(embed_dims=DIM, feedforward_channels=64)
@@ -191,8 +202,11 @@ def test_mask2former_ade20k_train_and_evaluate(ade_root, tmp_path):
         transformer_decoder=dict(num_layers=2, layer_cfg=dict(
             self_attn_cfg=attn, cross_attn_cfg=attn, ffn_cfg=ffn)),
         train_cfg=dict(num_points=256))
-    metrics = _train_and_test_through_tools(tmp_path, M2F_ADE, options)
+    metrics = _train_and_test_through_tools(tmp_path, M2F_ADE, options, show=True)
     assert 0.0 <= metrics['mIoU'] <= 100.0
+    state = torch.load(osp.join(options['work_dir'], 'iter_2.pth'), map_location='cpu',
+                       weights_only=False)['state_dict']
+    assert 'backbone.interactions.1.injector.gamma' in state  # the leaf's ViT-Adapter
 
 
 def _iou_metric(samples, num_classes):

@@ -10,9 +10,22 @@ custom_imports = dict(imports=['mmdet.models', 'dino_mm.datasets.segmentation'],
                       allow_failed_imports=False)
 model = dict(
     backbone=dict(
+        type='dino_mm.ViTAdapter',
         backbone=dict(arch='dinov2_vitg14', init_cfg=dict(
             type='Pretrained', checkpoint='checkpoints/dinov2_vitg14_pretrain.pth')),
-        interaction_indexes=[9, 19, 29, 39], deform_num_heads=24),
+        interaction_indexes=[[0, 9], [10, 19], [20, 29], [30, 39]], deform_num_heads=24),
     decode_head=dict(
-        in_channels=[1536, 1536, 1536, 1536]),
+        in_channels=[1536, 1536, 1536, 1536],
+        num_queries=200,
+        feat_channels=1024, out_channels=1024,
+        pixel_decoder=dict(
+            encoder=dict(layer_cfg=dict(self_attn_cfg=dict(embed_dims=1024, num_heads=32),
+                                        ffn_cfg=dict(embed_dims=1024,
+                                                     feedforward_channels=4096))),
+            positional_encoding=dict(num_feats=512)),
+        positional_encoding=dict(num_feats=512),
+        transformer_decoder=dict(layer_cfg=dict(
+            self_attn_cfg=dict(embed_dims=1024, num_heads=32),
+            cross_attn_cfg=dict(embed_dims=1024, num_heads=32),
+            ffn_cfg=dict(embed_dims=1024, feedforward_channels=4096)))),
     test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))

@@ -2,7 +2,7 @@
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, Iterable, Mapping, Optional, Union
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -139,8 +139,8 @@ def read_backbone_checkpoint(path: Union[str, os.PathLike]):
 def load_checkpoint_strict(model: nn.Module,
                            path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
                            prefix: Optional[str] = None, strict: bool = True,
-                           map_location='cpu', source: Optional[str] = None
-                           ) -> Dict[str, list]:
+                           map_location='cpu', source: Optional[str] = None,
+                           unused: Sequence[str] = ()) -> Dict[str, list]:
     """Load a backbone checkpoint into ``model``, failing loudly on mismatch.
 
     This is the one backbone loader of dino_mm (hub ``weights=``, ``init_cfg=dict(
@@ -163,6 +163,10 @@ def load_checkpoint_strict(model: nn.Module,
         map_location: Ignored (tensors are loaded on the CPU, then copied into the
             model). Kept for backward compatibility.
         source (str, optional): Name of an already-read checkpoint object, for messages.
+        unused (Sequence[str]): Official key names (or prefixes ending in '.') the model
+            deliberately lacks and never uses; they are dropped, not reported (e.g. the
+            final norm and mask token under :class:`~dino_mm.models.segmentation.
+            ViTAdapter`). Defaults to none.
 
     Returns:
         dict: ``missing_keys`` and ``unexpected_keys`` (empty when strict).
@@ -175,6 +179,10 @@ def load_checkpoint_strict(model: nn.Module,
         obj = path_or_state_dict
     ckpt = flatten_block_chunks(unwrap_state_dict(obj, prefix))
     ckpt, layout = to_official_layout(model, ckpt)
+    if unused:
+        ckpt = OrderedDict((k, v) for k, v in ckpt.items()
+                           if not any(k == u or (u.endswith('.') and k.startswith(u))
+                                      for u in unused))
 
     target = model.state_dict()
     flat_to_model = {_CHUNKED.sub(r'blocks.\1.', k): k for k in target}

@@ -1,4 +1,10 @@
-"""ViT-Adapter on a frozen DINO ViT, producing a 4-level pyramid for Mask2Former.
+"""ViT-Adapter on a DINO ViT, producing a 4-level pyramid for Mask2Former.
+
+Two forms, sharing the spatial prior module, extractors and output stage:
+
+* :class:`DinoViTAdapter` -- the DINOv3 segmentor's form, described below (no injectors);
+* :class:`ViTAdapter` -- the original ViT-Adapter with *injectors*, as in the DINOv2 ViT-g
+  Mask2Former segmentor (``dinov2/eval/segmentation_m2f``), described in its docstring.
 
 The adapter (Chen et al., "Vision Transformer Adapter for Dense Predictions", 2022)
 has a convolutional *spatial prior module* that produces stride 4/8/16/32 features,
@@ -180,12 +186,48 @@ class Extractor(nn.Module):
         return query
 
 
+class Injector(nn.Module):
+    """Deformable cross-attention from the ViT tokens (queries) to the pyramid tokens,
+    written back into the ViT stream through a per-channel gate ``gamma``.
+
+    Args:
+        dim (int): Token width.
+        num_heads (int): Deformable attention heads.
+        n_points (int): Sampling points per head and level.
+        deform_ratio (float): ``value_proj_ratio`` of the deformable attention.
+        init_values (float): Initial value of ``gamma`` (0: the ViT starts unmodulated).
+    """
+
+    def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float,
+                 init_values: float) -> None:
+        super().__init__()
+        self.query_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.feat_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MultiScaleDeformableAttention(
+            embed_dims=dim, num_heads=num_heads, num_levels=3, num_points=n_points,
+            dropout=0.0, batch_first=True, value_proj_ratio=deform_ratio)
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, query: Tensor, reference_points: Tensor, feat: Tensor,
+                feat_shapes: Shapes) -> Tensor:
+        spatial, start = _level_index(feat_shapes, query.device)
+        # identity=0: mmcv's attention adds its identity; the gate needs the bare output.
+        attn = self.attn(
+            query=self.query_norm(query), value=self.feat_norm(feat),
+            identity=torch.zeros_like(query), reference_points=reference_points,
+            spatial_shapes=spatial, level_start_index=start)
+        return query + self.gamma * attn
+
+
 class InteractionBlock(nn.Module):
     """One interaction: an extractor from one ViT output, plus (for the last interaction)
-    two extra extractors on the same output (official ``InteractionBlockWithCls``)."""
+    two extra extractors on the same output (official ``InteractionBlockWithCls``).
+    :class:`ViTAdapter` adds an ``injector`` (official key ``interactions.{i}.injector``)."""
 
-    def __init__(self, make_extractor, extra: bool) -> None:
+    def __init__(self, make_extractor, extra: bool, make_injector=None) -> None:
         super().__init__()
+        if make_injector is not None:
+            self.injector = make_injector()
         self.extractor = make_extractor()
         self.extra_extractors = (nn.Sequential(make_extractor(), make_extractor())
                                  if extra else None)
@@ -271,13 +313,20 @@ class DinoViTAdapter(BaseModule):
                              cffn_ratio, drop_path_rate)
 
         last = len(self.interaction_indexes) - 1
+        make_injector = self._injector_factory(dim, deform_num_heads, n_points, deform_ratio)
         self.interactions = nn.Sequential(*[
-            InteractionBlock(make_extractor, extra=use_extra_extractor and i == last)
+            InteractionBlock(make_extractor, extra=use_extra_extractor and i == last,
+                             make_injector=make_injector)
             for i in range(len(self.interaction_indexes))
         ])
         self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
         for i in range(1, 5):  # official norm1..norm4, one per output level
             self.add_module(f'norm{i}', build_norm_layer(norm_cfg, dim)[1])
+
+    def _injector_factory(self, dim: int, num_heads: int, n_points: int,
+                          deform_ratio: float):
+        """None: the DINOv3 form has no injectors (:class:`ViTAdapter` overrides)."""
+        return None
 
     def init_weights(self) -> None:
         # The ViT keeps its own (pretrained or official) init; only the adapter
@@ -342,6 +391,11 @@ class DinoViTAdapter(BaseModule):
             query = block(query, ref, vit.flatten(2).transpose(1, 2), tuple(vit.shape[2:]),
                           shapes)
 
+        return self._pyramid(c1, query, shapes, vit_maps)
+
+    def _pyramid(self, c1: Tensor, query: Tensor, shapes: Shapes,
+                 vit_maps: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Pyramid tokens back to maps, the stride-4 level, the ViT maps, the norms."""
         b, _, d = query.shape
         outs, start = [], 0
         for h, w in shapes:
@@ -360,3 +414,154 @@ class DinoViTAdapter(BaseModule):
             ]
         norms = (self.norm1, self.norm2, self.norm3, self.norm4)
         return tuple(norm(c) for norm, c in zip(norms, pyramid))
+
+
+@MODELS.register_module()
+class ViTAdapter(DinoViTAdapter):
+    """The original ViT-Adapter (with injectors) on a DINOv2 ViT, as in the official DINOv2
+    ViT-g Mask2Former segmentor (``dinov2/eval/segmentation_m2f``, ViT-Adapter of Chen et
+    al. 2022).
+
+    The ViT stream is *modulated*: the ViT blocks are split into ``interaction_indexes``
+    ranges; before each range an injector adds (through its gate ``gamma``) deformable
+    cross-attention from the ViT patch tokens to the pyramid tokens; after it the extractor(s)
+    update the pyramid tokens from the ViT patch tokens, whose map is one of the four ViT
+    features. So the ViT runs with autograd even when its weights are frozen.
+
+    Official computation kept here: the learned position embedding is resized from its
+    stored grid with plain bicubic interpolation (``align_corners=False``, no antialias, no
+    offset -- not the DINOv2 backbone's own interpolation); the class token joins the patch
+    tokens for the blocks only; the ViT's final norm is never applied; the input is padded
+    (bottom / right, zeros) to a multiple of 32 as the official pipeline resizes it to one,
+    and the outputs are cropped back to the input's extent.
+
+    The ViT has no mask token and no final norm in the official file; here they are not part
+    of the state dict (the mask token becomes a non-persistent buffer, the norm an identity),
+    so an official state dict, converted by
+    :func:`dino_mm.models.segmentation.official_m2f.convert_dinov2_m2f`, loads strictly.
+
+    Args:
+        backbone (dict): A DINOv2 ViT without registers, e.g.
+            ``dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vitg14')``.
+        interaction_indexes (Sequence[Sequence[int]]): Contiguous ``[first, last]`` block
+            ranges, e.g. ``[[0, 9], [10, 19], [20, 29], [30, 39]]`` for ViT-g/14.
+        init_values (float): Initial injector gate. Defaults to 0 (official).
+        freeze_backbone (bool): Freeze the ViT's weights (gradients still flow through it
+            to the injectors). Defaults to True (DINOv2 trains the adapter and head on a
+            frozen ViT).
+        **kwargs: The other :class:`DinoViTAdapter` arguments (``conv_inplane``,
+            ``deform_num_heads``, ``n_points``, ``deform_ratio``, ``with_cffn``,
+            ``cffn_ratio``, ``drop_path_rate``, ``use_extra_extractor``,
+            ``add_vit_feature``, ``norm_cfg``, ``init_cfg``).
+    """
+
+    #: The official pipeline resizes inputs to a multiple of this (``ResizeToMultiple``).
+    size_divisor = 32
+
+    def __init__(self, backbone: dict, interaction_indexes: Sequence[Sequence[int]],
+                 init_values: float = 0.0, freeze_backbone: bool = True, **kwargs) -> None:
+        ranges = [tuple(int(i) for i in r) for r in interaction_indexes]
+        if not ranges or any(len(r) != 2 or r[0] > r[1] for r in ranges):
+            raise ValueError(
+                'ViTAdapter interaction_indexes must be [first, last] block ranges, e.g. '
+                f'[[0, 9], [10, 19], [20, 29], [30, 39]]; got {interaction_indexes!r}.')
+        for prev, cur in zip(ranges, ranges[1:]):
+            if cur[0] != prev[1] + 1:
+                raise ValueError(f'ViTAdapter interaction ranges must be contiguous: {prev} '
+                                 f'is followed by {cur} in {interaction_indexes!r}.')
+        self._init_values = float(init_values)
+        super().__init__(backbone, [r[1] for r in ranges], freeze_backbone=freeze_backbone,
+                         backbone_norm=False, **kwargs)
+        vit = self.backbone
+        if getattr(vit, 'version', None) != 'v2' or getattr(vit, 'num_register_tokens', 0):
+            raise ValueError(
+                'ViTAdapter (the DINOv2 segmentor form) needs a DINOv2 ViT without registers '
+                "(arch='dinov2_vit{s,b,l,g}14'); for DINOv3 ViTs use DinoViTAdapter.")
+        depth = len(vit._flat_blocks())
+        if ranges[-1][1] >= depth:
+            raise ValueError(f'ViTAdapter interaction range {ranges[-1]} exceeds the ViT '
+                             f'depth {depth}.')
+        self.interaction_ranges = ranges
+        # Never used by the adapter and absent from the official file (see the docstring).
+        mask_token = vit._parameters.pop('mask_token')
+        vit.register_buffer('mask_token', mask_token.detach(), persistent=False)
+        vit.norm = nn.Identity()
+
+    #: Official ViT keys this adapter lacks and never uses (see the class docstring).
+    UNUSED_VIT_KEYS = ('norm.', 'mask_token')
+
+    def init_weights(self) -> None:
+        """Load the ViT's ``Pretrained`` init_cfg (an official DINOv2 backbone file, whose
+        final norm and mask token are dropped), then initialise the adapter parts."""
+        vit = self.backbone
+        cfg = vit.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            from dino_mm.models.backbones.utils import load_checkpoint_strict
+            if 'checkpoint' not in cfg:
+                raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
+            load_checkpoint_strict(vit, vit._resolve_pretrained(cfg['checkpoint']),
+                                   prefix=cfg.get('prefix'), unused=self.UNUSED_VIT_KEYS)
+            vit._is_init = True
+        super().init_weights()
+
+    def _injector_factory(self, dim: int, num_heads: int, n_points: int,
+                          deform_ratio: float):
+        def make() -> Injector:
+            return Injector(dim, num_heads, n_points, deform_ratio, self._init_values)
+        return make
+
+    def _pos_embed(self, grid: Tuple[int, int]) -> Tensor:
+        """(1, 1 + H*W, D): the stored grid resized bicubically to ``grid`` (official)."""
+        pos = self.backbone.pos_embed
+        n = pos.shape[1] - 1
+        side = int(round(n ** 0.5))
+        if side * side != n:
+            raise ValueError(f'pos_embed holds {n} patch positions, not a square grid.')
+        patch = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patch = F.interpolate(patch, size=grid, mode='bicubic', align_corners=False)
+        return torch.cat([pos[:, :1], patch.flatten(2).transpose(1, 2)], dim=1)
+
+    def _run_range(self, tokens: Tensor, first: int, last: int) -> Tensor:
+        vit = self.backbone
+        blocks = vit._flat_blocks()[first:last + 1]
+        for blk in blocks:
+            if vit.with_cp and self.training and torch.is_grad_enabled():
+                tokens = torch.utils.checkpoint.checkpoint(blk, tokens, None,
+                                                           use_reentrant=False)
+            else:
+                tokens = blk(tokens, None)
+        return tokens
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return pyramid maps at strides 4, 8, 16, 32 (each ``embed_dim`` channels)."""
+        h, w = x.shape[2:]
+        m = self.size_divisor
+        x = F.pad(x, (0, -w % m, 0, -h % m))
+        b = x.shape[0]
+        vit = self.backbone
+        c1, c2, c3, c4 = self.spm(x)
+        shapes = [tuple(c.shape[2:]) for c in (c2, c3, c4)]
+        query = torch.cat([c.flatten(2).transpose(1, 2) + self.level_embed[i]
+                           for i, c in enumerate((c2, c3, c4))], dim=1)
+        ref_query = _reference_points(shapes, x.device)[None, :, None, :].expand(
+            b, -1, 1, -1)
+
+        grid = vit.patch_embed.grid_size(tuple(x.shape[2:]))
+        p = vit.patch_embed.patch_size
+        # The official patch conv drops the remainder rows / columns; so does this crop.
+        tokens = vit.patch_embed(x[..., :grid[0] * p, :grid[1] * p])
+        pos = self._pos_embed(grid).to(tokens.dtype)
+        cls = vit.cls_token.to(tokens.dtype).expand(b, -1, -1) + pos[:, :1]
+        tokens = tokens + pos[:, 1:]
+        ref_vit = _reference_points([grid], x.device)[None, :, None, :].expand(b, -1, 1, -1)
+
+        vit_maps = []
+        for (first, last), block in zip(self.interaction_ranges, self.interactions):
+            tokens = block.injector(tokens, ref_vit, query, shapes)
+            z = self._run_range(torch.cat([cls, tokens], dim=1), first, last)
+            cls, tokens = z[:, :1], z[:, 1:]
+            query = block(query, ref_query, tokens, grid, shapes)
+            vit_maps.append(tokens.transpose(1, 2).reshape(b, -1, *grid))
+        outs = self._pyramid(c1, query, shapes, vit_maps)
+        return tuple(o[..., :-(-h // s), :-(-w // s)]
+                     for o, s in zip(outs, (4, 8, 16, 32)))
