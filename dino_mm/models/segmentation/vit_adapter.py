@@ -149,7 +149,30 @@ class ConvFFN(nn.Module):
         return self.fc2(self.act(torch.cat(parts, dim=1)))
 
 
-class Extractor(nn.Module):
+class _NormedDeformableAttention(nn.Module):
+    """``query_norm`` / ``feat_norm`` + mmcv deformable attention over ``num_levels`` maps:
+    the part the extractor and the injector share (official key names)."""
+
+    def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float,
+                 num_levels: int) -> None:
+        super().__init__()
+        self.query_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.feat_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MultiScaleDeformableAttention(
+            embed_dims=dim, num_heads=num_heads, num_levels=num_levels, num_points=n_points,
+            dropout=0.0, batch_first=True, value_proj_ratio=deform_ratio)
+
+    def _attend(self, query: Tensor, reference_points: Tensor, feat: Tensor,
+                feat_shapes: Shapes, identity: Tensor) -> Tensor:
+        """``identity + attn(query_norm(query) -> feat_norm(feat))``."""
+        spatial, start = _level_index(feat_shapes, query.device)
+        return self.attn(
+            query=self.query_norm(query), value=self.feat_norm(feat), identity=identity,
+            reference_points=reference_points, spatial_shapes=spatial,
+            level_start_index=start)
+
+
+class Extractor(_NormedDeformableAttention):
     """Deformable cross-attention from pyramid tokens to ViT tokens, then ConvFFN.
 
     Args:
@@ -164,29 +187,20 @@ class Extractor(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float,
                  with_cffn: bool, cffn_ratio: float, drop_path: float) -> None:
-        super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.feat_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = MultiScaleDeformableAttention(
-            embed_dims=dim, num_heads=num_heads, num_levels=1, num_points=n_points,
-            dropout=0.0, batch_first=True, value_proj_ratio=deform_ratio)
+        super().__init__(dim, num_heads, n_points, deform_ratio, num_levels=1)
         self.ffn = ConvFFN(dim, int(dim * cffn_ratio)) if with_cffn else None
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-6) if with_cffn else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, query: Tensor, reference_points: Tensor, feat: Tensor,
                 feat_shape: Tuple[int, int], query_shapes: Shapes) -> Tensor:
-        spatial, start = _level_index([feat_shape], query.device)
-        query = self.attn(
-            query=self.query_norm(query), value=self.feat_norm(feat), identity=query,
-            reference_points=reference_points, spatial_shapes=spatial,
-            level_start_index=start)
+        query = self._attend(query, reference_points, feat, [feat_shape], identity=query)
         if self.ffn is not None:
             query = query + self.drop_path(self.ffn(self.ffn_norm(query), query_shapes))
         return query
 
 
-class Injector(nn.Module):
+class Injector(_NormedDeformableAttention):
     """Deformable cross-attention from the ViT tokens (queries) to the pyramid tokens,
     written back into the ViT stream through a per-channel gate ``gamma``.
 
@@ -200,22 +214,14 @@ class Injector(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float,
                  init_values: float) -> None:
-        super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.feat_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = MultiScaleDeformableAttention(
-            embed_dims=dim, num_heads=num_heads, num_levels=3, num_points=n_points,
-            dropout=0.0, batch_first=True, value_proj_ratio=deform_ratio)
+        super().__init__(dim, num_heads, n_points, deform_ratio, num_levels=3)
         self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
 
     def forward(self, query: Tensor, reference_points: Tensor, feat: Tensor,
                 feat_shapes: Shapes) -> Tensor:
-        spatial, start = _level_index(feat_shapes, query.device)
         # identity=0: mmcv's attention adds its identity; the gate needs the bare output.
-        attn = self.attn(
-            query=self.query_norm(query), value=self.feat_norm(feat),
-            identity=torch.zeros_like(query), reference_points=reference_points,
-            spatial_shapes=spatial, level_start_index=start)
+        attn = self._attend(query, reference_points, feat, feat_shapes,
+                            identity=torch.zeros_like(query))
         return query + self.gamma * attn
 
 
