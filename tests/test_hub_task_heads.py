@@ -223,7 +223,7 @@ def test_m2f_segmentor_loads_an_official_layout_head_file(weights_dir):
     official = {f'segmentation_model.0.{k}': v for k, v in official_adapter_manifest(
         32, 8, 4, 4, 0.5, 0.25, 4).items()}
     official.update(official_m2f_head_manifest(
-        [32] * 4, 32, enc_layers=6, enc_heads=1, enc_ffn=128, dec_layers=9, dec_ffn=256,
+        [32] * 4, 32, enc_layers=6, enc_heads=16, enc_ffn=4096, dec_layers=9, dec_ffn=4096,
         queries=100, classes=150))
     torch.manual_seed(0)
     head = {k: (torch.randn(s) if s else torch.tensor(3)) for k, s in official.items()}
@@ -271,3 +271,48 @@ def test_dinov2_m2f_segmentor_loads_the_official_mmseg0_file(weights_dir):
         sample = model.predict(torch.randn(1, 3, 64, 64))[0]
     logits = sample.seg_logits.data
     assert logits.shape == (150, 64, 64) and torch.isfinite(logits).all()
+
+
+def _built_config(entry, monkeypatch, **kwargs):
+    """The config an entry builds at its default sizes (nothing is built: MODELS.build is
+    replaced by a recorder)."""
+    from dino_mm.registry import MODELS
+    seen = []
+    monkeypatch.setattr(MODELS, 'build', lambda cfg, *a, **k: seen.append(cfg) or
+                        torch.nn.Identity())
+    getattr(hub, entry)(pretrained=False, **kwargs)
+    return seen[0]
+
+
+def test_m2f_entries_have_the_official_sizes(monkeypatch):
+    """Full-size sizes as facts: DINOv3 from the official segmentor code (16 deformable
+    heads; 6 + 9 layers, 16 heads, FFN 4096, 100 queries, hidden 2048 -- fixed there), DINOv2
+    from the ViT-Adapter ViT-g recipe (block ranges, 24 deformable heads, 1024 wide, 32
+    heads, FFN 4096, 200 queries). Shapes follow from these, so a wrong value here is a
+    released file that does not load."""
+    _need('dinov3_vit7b16_ms')
+    want = {
+        'dinov3_vit7b16_ms': dict(type='dino_mm.DinoViTAdapter', deform=16,
+                                  indexes=[9, 19, 29, 39], feat=2048, heads=16, ffn=4096,
+                                  queries=100),
+        'dinov2_vitg14_ade20k_m2f': dict(type='dino_mm.ViTAdapter', deform=24,
+                                         indexes=[[0, 9], [10, 19], [20, 29], [30, 39]],
+                                         feat=1024, heads=32, ffn=4096, queries=200),
+    }
+    for entry, w in want.items():
+        cfg = _built_config(entry, monkeypatch)
+        backbone, head = cfg['backbone'], cfg['decode_head']
+        enc = head['pixel_decoder']['encoder']
+        dec = head['transformer_decoder']
+        got = dict(type=backbone['type'], deform=backbone['deform_num_heads'],
+                   indexes=[list(i) if isinstance(i, (list, tuple)) else i
+                            for i in backbone['interaction_indexes']],
+                   feat=head['feat_channels'], heads=enc['layer_cfg']['self_attn_cfg'][
+                       'num_heads'], ffn=enc['layer_cfg']['ffn_cfg']['feedforward_channels'],
+                   queries=head['num_queries'])
+        assert got == w, entry
+        assert (enc['num_layers'], dec['num_layers']) == (6, 9), entry
+        layer = dec['layer_cfg']
+        assert layer['self_attn_cfg']['num_heads'] == layer['cross_attn_cfg']['num_heads'] \
+            == w['heads'], entry
+        assert layer['ffn_cfg']['feedforward_channels'] == w['ffn'], entry

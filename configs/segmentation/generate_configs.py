@@ -104,8 +104,9 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
         test = "mode='slide', crop_size=(512, 512), stride=(341, 341)"
     else:
         published = 'none in the dinov3 README (DINOv3 paper table not checked)'
-        heads, width, attn_heads, queries, adapter = 32, 2048, None, None, ''
-        ffn = 2 * width
+        # The official DINOv3 segmentor's fixed sizes (dino_mm.hub.segmentors.V3_M2F_SIZES):
+        # 16 deformable heads, 16 attention heads, FFN 4096, 100 queries.
+        heads, width, attn_heads, queries, adapter, ffn = 16, 2048, 16, None, '', 4096
         # docs/reference.md §5.6: hidden_dim 2048, eval 896 px slide (stride 596) with TTA ratios.
         test = ("mode='slide', crop_size=(896, 896), stride=(596, 596),\n"
                 '        img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1]')

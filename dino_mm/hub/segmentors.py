@@ -32,6 +32,12 @@ _V2 = {  # name: (arch, embed_dim, depth)
 }
 _NUM_CLASSES = {'ade20k': 150, 'voc2012': 21}
 _V3_7B_M2F_HEAD = 'dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth'
+#: Sizes of the official DINOv3 segmentor, fixed in its code whatever the hidden width:
+#: ``DINOv3_Adapter(deform_num_heads=16)`` (``eval/segmentation/models/backbone/
+#: dinov3_adapter.py``); pixel decoder ``transformer_nheads=16``,
+#: ``transformer_dim_feedforward=4096``, 6 layers; decoder ``nheads=16``,
+#: ``dim_feedforward=4096``, 9 layers, 100 queries (``heads/mask2former_head.py``).
+V3_M2F_SIZES = dict(deform_num_heads=16, attn_heads=16, ffn=4096, num_queries=100)
 
 
 def _resolve(entry: str, pretrained: Optional[bool], weights: Optional[str],
@@ -163,6 +169,17 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
 
     from dino_mm.models.segmentation import DinoEncoderDecoder  # noqa: F401
     from dino_mm.registry import MODELS
+    return MODELS.build(_m2f_cfg(
+        arch, dim, indices, feat, num_heads, test_cfg, backbone_kwargs, adapter_kwargs,
+        num_classes, adapter, num_queries, attn_heads, encoder_ffn, decoder_ffn))
+
+
+def _m2f_cfg(arch: str, dim: int, indices, feat: int, num_heads: int, test_cfg: dict,
+             backbone_kwargs: Dict, adapter_kwargs: Dict, num_classes: int = 150,
+             adapter: str = 'dino_mm.DinoViTAdapter', num_queries: int = 100,
+             attn_heads: Optional[int] = None, encoder_ffn: Optional[int] = None,
+             decoder_ffn: Optional[int] = None) -> ConfigDict:
+    """The segmentor config of :func:`_m2f_model` (adapter + mmseg Mask2FormerHead)."""
     dim = backbone_kwargs.get('embed_dim', dim)
     heads = attn_heads or max(1, min(8, feat // 32))
     encoder_ffn = encoder_ffn or feat * 4
@@ -221,7 +238,7 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
                 sampler=dict(type='mmdet.MaskPseudoSampler'))),
         train_cfg=dict(),
         test_cfg=test_cfg)
-    return MODELS.build(ConfigDict(cfg))
+    return ConfigDict(cfg)
 
 
 def _load_full(model: nn.Module, entry: str, path: str,
@@ -351,14 +368,16 @@ def dinov3_vit7b16_ms(pretrained: Optional[bool] = None, weights: Optional[str] 
     depth = bk.get('depth', 40)
     indices = [depth // 4 * (i + 1) - 1 for i in range(4)]
     ak = dict(adapter_kwargs or {})
-    heads = ak.pop('deform_num_heads', 32)
+    heads = ak.pop('deform_num_heads', V3_M2F_SIZES['deform_num_heads'])
     test_cfg = dict(mode='slide', crop_size=(896, 896), stride=(596, 596),
                     img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1])
     paths = _resolve('dinov3_vit7b16_ms', pretrained, weights, _V3_7B_M2F_HEAD,
                      backbone_weights, 'dinov3_vit7b16', what='segmentor')
     path, backbone_path = paths['segmentor'], paths['backbone']
     model = _m2f_model('dinov3_vit7b16', 4096, indices, feat_channels, heads, test_cfg,
-                       bk, ak)
+                       bk, ak, num_queries=V3_M2F_SIZES['num_queries'],
+                       attn_heads=V3_M2F_SIZES['attn_heads'],
+                       encoder_ffn=V3_M2F_SIZES['ffn'], decoder_ffn=V3_M2F_SIZES['ffn'])
     if path is not None:
         _load_full(model, 'dinov3_vit7b16_ms', path)
     if backbone_path is not None:

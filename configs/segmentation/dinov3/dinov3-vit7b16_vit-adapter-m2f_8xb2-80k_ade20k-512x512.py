@@ -12,19 +12,19 @@ model = dict(
     backbone=dict(
         backbone=dict(arch='dinov3_vit7b16', init_cfg=dict(
             type='Pretrained', checkpoint='checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth')),
-        interaction_indexes=[9, 19, 29, 39], deform_num_heads=32),
+        interaction_indexes=[9, 19, 29, 39], deform_num_heads=16),
     decode_head=dict(
         in_channels=[4096, 4096, 4096, 4096],
         feat_channels=2048, out_channels=2048,
         pixel_decoder=dict(
-            encoder=dict(layer_cfg=dict(self_attn_cfg=dict(embed_dims=2048),
+            encoder=dict(layer_cfg=dict(self_attn_cfg=dict(embed_dims=2048, num_heads=16),
                                         ffn_cfg=dict(embed_dims=2048,
                                                      feedforward_channels=4096))),
             positional_encoding=dict(num_feats=1024)),
         positional_encoding=dict(num_feats=1024),
         transformer_decoder=dict(layer_cfg=dict(
-            self_attn_cfg=dict(embed_dims=2048),
-            cross_attn_cfg=dict(embed_dims=2048),
+            self_attn_cfg=dict(embed_dims=2048, num_heads=16),
+            cross_attn_cfg=dict(embed_dims=2048, num_heads=16),
             ffn_cfg=dict(embed_dims=2048, feedforward_channels=4096)))),
     test_cfg=dict(mode='slide', crop_size=(896, 896), stride=(596, 596),
         img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1]))
