@@ -1,6 +1,7 @@
 """ViT-Adapter + Mask2Former: builds, trains one step and runs whole / slide inference."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.oracles import require
 
@@ -308,3 +309,78 @@ def test_official_m2f_segmentor_file_converts_and_loads_strictly():
     with pytest.raises(KeyError, match='segmentation_model.1.predictor.extra'):
         convert_official_m2f(dict(state, **{'segmentation_model.1.predictor.extra':
                                             torch.zeros(1)}))
+
+
+def _d2_layer(state, i, heads, query, memory, query_pos, pos, mask):
+    """One layer of the official DINOv3 decoder (detectron2 ``MultiScaleMaskedTransformer
+    Decoder``, ``pre_norm=False``), sequence-first, from its formulas: cross-attention
+    (query + query_pos -> memory + pos, value memory, masked) -> add -> norm; self-attention
+    (q = k = tgt + query_pos, v = tgt) -> add -> norm; linear2(relu(linear1)) -> add -> norm."""
+    p = 'segmentation_model.1.predictor.'
+
+    def mha(name, q, k, v, attn_mask):
+        m = torch.nn.MultiheadAttention(q.shape[-1], heads)
+        m.load_state_dict({n: state[f'{name}.{n}'] for n in (
+            'in_proj_weight', 'in_proj_bias', 'out_proj.weight', 'out_proj.bias')})
+        return m(q, k, v, attn_mask=attn_mask)[0]
+
+    def ln(x, name):
+        return F.layer_norm(x, x.shape[-1:], state[f'{name}.weight'], state[f'{name}.bias'])
+
+    c, s, f = (f'{p}transformer_{kind}_layers.{i}' for kind in
+               ('cross_attention', 'self_attention', 'ffn'))
+    t = ln(query + mha(f'{c}.multihead_attn', query + query_pos, memory + pos, memory, mask),
+           f'{c}.norm')
+    t = ln(t + mha(f'{s}.self_attn', t + query_pos, t + query_pos, t, None), f'{s}.norm')
+    hidden = F.relu(F.linear(t, state[f'{f}.linear1.weight'], state[f'{f}.linear1.bias']))
+    return ln(t + F.linear(hidden, state[f'{f}.linear2.weight'], state[f'{f}.linear2.bias']),
+              f'{f}.norm')
+
+
+def test_official_dinov3_decoder_layer_math_after_conversion():
+    """The renamed detectron2 decoder layers compute, in mmdet's layer, what the official
+    layer computes (cross-attention norm -> ``norms.0``, self-attention norm -> ``norms.1``,
+    FFN norm -> ``norms.2``); swapping the two attentions' names would not."""
+    from mmengine.registry import DefaultScope
+
+    from dino_mm.models.segmentation.official_m2f import convert_official_m2f
+    import mmdet.models  # noqa: F401
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        head = MODELS.build(tiny_m2f_cfg()).decode_head.eval()
+    heads = 4
+    official = official_m2f_head_manifest([DIM] * 4, DIM, enc_layers=1, enc_heads=4,
+                                          enc_ffn=64, dec_layers=2, dec_ffn=64, queries=8,
+                                          classes=3)
+    g = torch.Generator().manual_seed(2)
+    state = {k: torch.randn(s, generator=g) * 0.3 + (1.0 if k.endswith('norm.weight') else 0)
+             for k, s in official.items()}
+    prefix = 'decode_head.'
+    head.load_state_dict({k[len(prefix):]: v for k, v in convert_official_m2f(state).items()
+                          if k.startswith(prefix)}, strict=True)
+    query, query_pos = (torch.randn(2, 8, DIM, generator=g) for _ in range(2))
+    memory, pos = (torch.randn(2, 12, DIM, generator=g) for _ in range(2))
+    mask = torch.rand(2 * heads, 8, 12, generator=g) < 0.5
+    mask[..., 0] = False
+
+    def ours(layer):
+        return head.transformer_decoder.layers[layer](
+            query=query, key=memory, value=memory, query_pos=query_pos, key_pos=pos,
+            cross_attn_mask=mask, query_key_padding_mask=None, key_padding_mask=None)
+
+    def ref(st, layer):
+        seq = [t.transpose(0, 1) for t in (query, memory, query_pos, pos)]
+        return _d2_layer(st, layer, heads, *seq, mask).transpose(0, 1)
+
+    with torch.no_grad():
+        for layer in (0, 1):
+            torch.testing.assert_close(ours(layer), ref(state, layer), atol=1e-5, rtol=0)
+        p = 'segmentation_model.1.predictor.transformer_'
+        swapped = {k.replace(f'{p}cross_attention_layers.0.multihead_attn',
+                             f'{p}self_attention_layers.0.self_attn#')
+                   .replace(f'{p}self_attention_layers.0.self_attn.',
+                            f'{p}cross_attention_layers.0.multihead_attn.')
+                   .replace('#', ''): v for k, v in state.items()}
+        head.load_state_dict({k[len(prefix):]: v for k, v in
+                              convert_official_m2f(swapped).items() if k.startswith(prefix)},
+                             strict=True)
+        assert (ours(0) - ref(state, 0)).abs().max() > 1e-2
