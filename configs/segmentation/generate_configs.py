@@ -100,6 +100,9 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
         # queries); the hosted dinov2_vitg14_ade20k_m2f_config.py could not be read here.
         heads, width, ffn, attn_heads, queries, extra = 24, 1024, 4096, 32, 200, ''
         adapter = "type='dino_mm.ViTAdapter',\n        "
+        # Gradients flow through the frozen ViT to the injectors: checkpoint its blocks.
+        vit_extra = 'with_cp=True, '
+        adapter_extra = ''
         indices = [[quarter * i, quarter * (i + 1) - 1] for i in range(4)]
         test = "mode='slide', crop_size=(512, 512), stride=(341, 341)"
     else:
@@ -107,6 +110,9 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
         # The official DINOv3 segmentor's fixed sizes (dino_mm.hub.segmentors.V3_M2F_SIZES):
         # 16 deformable heads, 16 attention heads, FFN 4096, 100 queries.
         heads, width, attn_heads, queries, adapter, ffn = 16, 2048, 16, None, '', 4096
+        # DINOv3_Adapter's default drop_path_rate (the official builder keeps it).
+        vit_extra, adapter_extra = '', ', drop_path_rate=0.3'
+
         # docs/reference.md §5.6: hidden_dim 2048, eval 896 px slide (stride 596) with TTA ratios.
         test = ("mode='slide', crop_size=(896, 896), stride=(596, 596),\n"
                 '        img_ratios=[0.9, 0.95, 1.0, 1.05, 1.1]')
@@ -124,9 +130,9 @@ def m2f_leaf(version: str, name: str) -> Tuple[str, str]:
         '                      allow_failed_imports=False)',
         'model = dict(',
         '    backbone=dict(',
-        f"        {adapter}backbone=dict(arch='{arch}', init_cfg=dict(",
+        f"        {adapter}backbone=dict(arch='{arch}', {vit_extra}init_cfg=dict(",
         f"            type='Pretrained', checkpoint='checkpoints/{ckpt}')),",
-        f'        interaction_indexes={indices}, deform_num_heads={heads}),',
+        f'        interaction_indexes={indices}, deform_num_heads={heads}{adapter_extra}),',
         '    decode_head=dict(',
         f'        in_channels={[dim] * 4}',
     ]

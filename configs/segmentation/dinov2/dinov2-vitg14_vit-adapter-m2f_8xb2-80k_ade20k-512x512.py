@@ -11,7 +11,7 @@ custom_imports = dict(imports=['mmdet.models', 'dino_mm.datasets.segmentation'],
 model = dict(
     backbone=dict(
         type='dino_mm.ViTAdapter',
-        backbone=dict(arch='dinov2_vitg14', init_cfg=dict(
+        backbone=dict(arch='dinov2_vitg14', with_cp=True, init_cfg=dict(
             type='Pretrained', checkpoint='checkpoints/dinov2_vitg14_pretrain.pth')),
         interaction_indexes=[[0, 9], [10, 19], [20, 29], [30, 39]], deform_num_heads=24),
     decode_head=dict(

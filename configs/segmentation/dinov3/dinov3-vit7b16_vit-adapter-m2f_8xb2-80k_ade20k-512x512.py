@@ -12,7 +12,7 @@ model = dict(
     backbone=dict(
         backbone=dict(arch='dinov3_vit7b16', init_cfg=dict(
             type='Pretrained', checkpoint='checkpoints/dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth')),
-        interaction_indexes=[9, 19, 29, 39], deform_num_heads=16),
+        interaction_indexes=[9, 19, 29, 39], deform_num_heads=16, drop_path_rate=0.3),
     decode_head=dict(
         in_channels=[4096, 4096, 4096, 4096],
         feat_channels=2048, out_channels=2048,

@@ -377,3 +377,24 @@ def _adapter_ranges(ranges):
     return ViTAdapter(backbone=dict(type='dino_mm.DinoVisionTransformer', arch='dinov2_vits14',
                                     depth=DEPTH), interaction_indexes=ranges,
                       deform_num_heads=6)
+
+
+def test_checkpointed_vit_blocks_give_the_same_gradients():
+    """The leaf config checkpoints the frozen ViT's blocks (``with_cp``): same outputs and
+    injector gradients as without."""
+    torch.manual_seed(0)
+    plain = _adapter(norm_cfg=dict(type='BN'))
+    plain.init_weights()
+    for block in plain.interactions:
+        block.injector.gamma.data.fill_(0.5)
+    ckpt = _adapter(norm_cfg=dict(type='BN'))
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.backbone.with_cp = True
+    img = torch.randn(2, 3, 64, 64)
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        sum(o.square().mean() for o in model(img)).backward()
+        grads.append(model.interactions[0].injector.attn.value_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+    assert grads[0].abs().sum() > 0
