@@ -239,10 +239,13 @@ def tiny_eval(cfg: Config) -> Config:
 def tiny_segmentation(cfg: Config) -> Config:
     model = cfg.model
     head = model.decode_head
-    if model.backbone.type == 'dino_mm.DinoViTAdapter':  # + Mask2Former
+    if model.backbone.type in ('dino_mm.DinoViTAdapter', 'dino_mm.ViTAdapter'):  # + M2F
         _tiny_vit(model.backbone.backbone)
         n = len(model.backbone.interaction_indexes)
-        model.backbone.update(interaction_indexes=_tiny_indices(n, 2), deform_num_heads=2,
+        indices = _tiny_indices(n, 2)
+        if model.backbone.type == 'dino_mm.ViTAdapter':  # contiguous block ranges
+            indices = [[0, 0], [1, 1]]
+        model.backbone.update(interaction_indexes=indices, deform_num_heads=2,
                               conv_inplane=8)
         attn = dict(embed_dims=DIM, num_heads=2)
         ffn = dict(embed_dims=DIM, feedforward_channels=2 * DIM)
