@@ -279,6 +279,12 @@ def tiny_detection(cfg: Config) -> Config:
     (128 sine features per coordinate are hard-coded), with one layer and few queries."""
     model = cfg.model
     _tiny_vit(model.backbone)
+    if model.type == 'dino_mm.PlainDETR':  # the official detector (inference only)
+        _tiny_vit(model.backbone, depth=4)
+        model.update(hidden_dim=64, dim_feedforward=64, num_encoder_layers=1,
+                     num_decoder_layers=1, num_queries_one2one=10, num_queries_one2many=10,
+                     rpe_hidden_dim=16, topk=20)
+        return cfg
     model.neck.in_channels = DIM
     model.num_queries = 20
     model.encoder.num_layers = 1

@@ -25,8 +25,7 @@ EXPECTED_FILES = {
     'dinov3_vit7b16_dd': ['dinov3_vit7b16_synthmix_dpt_head-02040be1.pth', V3_7B_BACKBONE],
     'dinov2_vitg14_ade20k_m2f': ['dinov2_vitg14_ade20k_m2f.pth'],
     'dinov3_vit7b16_ms': ['dinov3_vit7b16_ade20k_m2f_head-bf307cb1.pth', V3_7B_BACKBONE],
-    # not an official file: the official Plain-DETR weights do not fit the mmdet detector
-    'dinov3_vit7b16_de': ['dinov3_vit7b16_coco_detector_dino_mm.pth'],
+    'dinov3_vit7b16_de': ['dinov3_vit7b16_coco2017_detr_head-b0235ff7.pth', V3_7B_BACKBONE],
 }
 for _s in 'sblg':
     _base = f'dinov2_vit{_s}14'
@@ -198,15 +197,47 @@ def test_m2f_segmentor_default_loads_official_files(weights_dir):
     _assert_state_equal(model.backbone.backbone, backbone)
 
 
-def test_detector_default_loads_its_file(weights_dir):
+def test_mmdet_dino_detector_loads_its_file(weights_dir):
     _need('dinov3_vit7b16_de')
     tiny = dict(depth=4, embed_dim=32, num_heads=2, out_indices=[0, 1, 2, 3])
-    src = hub.dinov3_vit7b16_de(pretrained=False, **tiny)
+    src = hub.dinov3_vit7b16_de(pretrained=False, detector='mmdet_dino', **tiny)
     state = _randomised(src.state_dict())
     torch.save({'state_dict': state}, weights_dir / 'dinov3_vit7b16_coco_detector_dino_mm.pth')
-    model, loud = _call_recording(hub.dinov3_vit7b16_de, **tiny)
+    model, loud = _call_recording(hub.dinov3_vit7b16_de, detector='mmdet_dino', **tiny)
     assert loud == []
     _assert_state_equal(model, state)
+
+
+def test_detector_default_is_the_official_plain_detr_with_both_files(weights_dir):
+    """The default loads the official head file (``model`` entry, no ViT, keys and shapes of
+    tests/detection/test_plain_detr.py's manifest) and the official backbone file: every
+    tensor lands, nothing stays random, and it predicts COCO labels. A head file without
+    a backbone file is refused, naming the missing keys' prefix."""
+    _need('dinov3_vit7b16_de')
+    from tests.detection.test_plain_detr import TINY, _batch, _random_official_state
+    vit = dict(depth=TINY['vit_depth'], embed_dim=TINY['vit_dim'], num_heads=TINY['vit_heads'])
+    det = dict(hidden_dim=TINY['hidden'], nheads=TINY['nheads'], dim_feedforward=TINY['ffn'],
+               num_encoder_layers=TINY['enc_layers'], num_decoder_layers=TINY['dec_layers'],
+               num_queries_one2one=10, num_queries_one2many=TINY['num_queries'] - 10,
+               rpe_hidden_dim=TINY['rpe_hidden'], topk=50)
+    official = _random_official_state(TINY)
+    prefix = 'backbone.0._backbone.backbone.'
+    head = {k: v for k, v in official.items() if not k.startswith(prefix)}
+    backbone = {k[len(prefix):]: v for k, v in official.items() if k.startswith(prefix)}
+    torch.save({'model': head}, weights_dir / 'dinov3_vit7b16_coco2017_detr_head-b0235ff7.pth')
+    torch.save(backbone, weights_dir / V3_7B_BACKBONE)
+    model, loud = _call_recording(hub.dinov3_vit7b16_de, detector_kwargs=det, **vit)
+    assert loud == []
+    assert type(model).__name__ == 'PlainDETR' and not model.training
+    _assert_state_equal(model, official)
+    data = _batch(model)
+    results = model.predict(data['inputs'], data['data_samples'])
+    assert all(len(r.pred_instances) > 0 and (r.pred_instances.labels < 80).all()
+               for r in results)
+    with pytest.raises(RuntimeError, match='holds no ViT weights'):
+        hub.dinov3_vit7b16_de(weights=str(weights_dir / 'dinov3_vit7b16_coco2017_detr_head-'
+                                          'b0235ff7.pth'), pretrained=False,
+                              detector_kwargs=det, **vit)
 
 
 def test_m2f_segmentor_loads_an_official_layout_head_file(weights_dir):

@@ -241,6 +241,8 @@ def main(argv=None):
         import mmengine
         mmengine.dump({k: (float(v) if hasattr(v, '__float__') else v)
                        for k, v in (metrics or {}).items()}, args.out)
+    from dino_mm.engine.runner_utils import finish_distributed
+    finish_distributed(cfg.get('launcher'))
     return metrics
 
 

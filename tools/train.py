@@ -133,6 +133,8 @@ def main(argv=None):
             from mmengine.registry import RUNNERS
             runner = RUNNERS.build(cfg)
         runner.train()
+        from dino_mm.engine.runner_utils import finish_distributed
+        finish_distributed(cfg.get('launcher'))
     finally:
         if locked:
             from dino_mm.engine.workdir_lock import unlock_work_dir

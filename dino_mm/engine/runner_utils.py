@@ -178,3 +178,18 @@ def apply_test_amp(cfg: Config, device_type: Optional[str] = None) -> str:
         if takes_precision:
             model['precision'] = precision
     return precision
+
+
+def finish_distributed(launcher: Optional[str]) -> None:
+    """End a tool's distributed run cleanly: all ranks meet, then the process group closes.
+
+    MMEngine's runner never destroys the group it created, so each rank's process exits
+    with live c10d / gloo threads; a rank that exits while its peer still tears down its
+    pairs can die in ``std::terminate`` ("terminate called without an active exception",
+    SIGABRT) after a run that succeeded. Only for runs the tool launched (``launcher`` not
+    'none'): a process group made by a caller stays the caller's.
+    """
+    if launcher in (None, 'none') or not dist.is_available() or not dist.is_initialized():
+        return
+    dist.barrier()
+    dist.destroy_process_group()
