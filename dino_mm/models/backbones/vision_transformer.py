@@ -404,6 +404,11 @@ class DinoVisionTransformer(BaseModule):
         """Input pixels per patch token side (the patch size)."""
         return self.patch_size
 
+    #: Official checkpoint keys (or prefixes ending in '.') this model deliberately lacks;
+    #: dropped by the ``Pretrained`` init (a wrapper that removes parts sets it, e.g.
+    #: :class:`~dino_mm.models.segmentation.ViTAdapter`).
+    unused_checkpoint_keys: Tuple[str, ...] = ()
+
     def init_weights(self) -> None:
         """Load ``init_cfg=dict(type='Pretrained', ...)`` strictly, else official init.
 
@@ -420,7 +425,8 @@ class DinoVisionTransformer(BaseModule):
             if 'checkpoint' not in cfg:
                 raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
             path = self._resolve_pretrained(cfg['checkpoint'])
-            load_checkpoint_strict(self, path, prefix=cfg.get('prefix'))
+            load_checkpoint_strict(self, path, prefix=cfg.get('prefix'),
+                                   unused=self.unused_checkpoint_keys)
         elif cfg is not None:
             super().init_weights()
         else:

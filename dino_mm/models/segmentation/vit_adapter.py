@@ -463,6 +463,8 @@ class ViTAdapter(DinoViTAdapter):
 
     #: The official pipeline resizes inputs to a multiple of this (``ResizeToMultiple``).
     size_divisor = 32
+    #: Official ViT keys this adapter lacks and never uses (see the class docstring).
+    UNUSED_VIT_KEYS = ('norm.', 'mask_token')
 
     def __init__(self, backbone: dict, interaction_indexes: Sequence[Sequence[int]],
                  init_values: float = 0.0, freeze_backbone: bool = True, **kwargs) -> None:
@@ -492,23 +494,7 @@ class ViTAdapter(DinoViTAdapter):
         mask_token = vit._parameters.pop('mask_token')
         vit.register_buffer('mask_token', mask_token.detach(), persistent=False)
         vit.norm = nn.Identity()
-
-    #: Official ViT keys this adapter lacks and never uses (see the class docstring).
-    UNUSED_VIT_KEYS = ('norm.', 'mask_token')
-
-    def init_weights(self) -> None:
-        """Load the ViT's ``Pretrained`` init_cfg (an official DINOv2 backbone file, whose
-        final norm and mask token are dropped), then initialise the adapter parts."""
-        vit = self.backbone
-        cfg = vit.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            from dino_mm.models.backbones.utils import load_checkpoint_strict
-            if 'checkpoint' not in cfg:
-                raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' path.")
-            load_checkpoint_strict(vit, vit._resolve_pretrained(cfg['checkpoint']),
-                                   prefix=cfg.get('prefix'), unused=self.UNUSED_VIT_KEYS)
-            vit._is_init = True
-        super().init_weights()
+        vit.unused_checkpoint_keys = self.UNUSED_VIT_KEYS  # its Pretrained init drops them
 
     def _injector_factory(self, dim: int, num_heads: int, n_points: int,
                           deform_ratio: float):

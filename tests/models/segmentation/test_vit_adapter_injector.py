@@ -398,3 +398,31 @@ def test_checkpointed_vit_blocks_give_the_same_gradients():
         grads.append(model.interactions[0].injector.attn.value_proj.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
     assert grads[0].abs().sum() > 0
+
+
+def test_pretrained_official_backbone_file_loads_through_the_vit_init_cfg(tmp_path):
+    """An official DINOv2 backbone file (with the final norm and mask token this adapter
+    drops) loads strictly through the ViT's ``init_cfg``; any other extra key still fails."""
+    from dino_mm.models.backbones.vision_transformer import DinoVisionTransformer
+    torch.manual_seed(0)
+    vit = DinoVisionTransformer('dinov2_vits14', depth=2)
+    vit.init_weights()
+    official = {k: torch.randn_like(v) for k, v in vit.state_dict().items()}
+    assert 'norm.weight' in official and 'mask_token' in official
+    path = str(tmp_path / 'dinov2_vits14_pretrain.pth')
+    torch.save(official, path)
+
+    def build(checkpoint):
+        return ViTAdapter(backbone=dict(type='dino_mm.DinoVisionTransformer',
+                                        arch='dinov2_vits14', depth=2,
+                                        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
+                          interaction_indexes=[[0, 0], [1, 1]], deform_num_heads=6,
+                          norm_cfg=dict(type='BN'))
+
+    model = build(path)
+    model.init_weights()
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k], official[k]) for k in own)
+    torch.save(dict(official, **{'blocks.1.extra': torch.zeros(1)}), path)
+    with pytest.raises(RuntimeError, match='blocks.1.extra'):
+        build(path).init_weights()
