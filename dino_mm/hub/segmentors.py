@@ -169,17 +169,6 @@ def _m2f_model(arch: str, dim: int, indices, feat: int, num_heads: int,
 
     from dino_mm.models.segmentation import DinoEncoderDecoder  # noqa: F401
     from dino_mm.registry import MODELS
-    return MODELS.build(_m2f_cfg(
-        arch, dim, indices, feat, num_heads, test_cfg, backbone_kwargs, adapter_kwargs,
-        num_classes, adapter, num_queries, attn_heads, encoder_ffn, decoder_ffn))
-
-
-def _m2f_cfg(arch: str, dim: int, indices, feat: int, num_heads: int, test_cfg: dict,
-             backbone_kwargs: Dict, adapter_kwargs: Dict, num_classes: int = 150,
-             adapter: str = 'dino_mm.DinoViTAdapter', num_queries: int = 100,
-             attn_heads: Optional[int] = None, encoder_ffn: Optional[int] = None,
-             decoder_ffn: Optional[int] = None) -> ConfigDict:
-    """The segmentor config of :func:`_m2f_model` (adapter + mmseg Mask2FormerHead)."""
     dim = backbone_kwargs.get('embed_dim', dim)
     heads = attn_heads or max(1, min(8, feat // 32))
     encoder_ffn = encoder_ffn or feat * 4
@@ -238,7 +227,7 @@ def _m2f_cfg(arch: str, dim: int, indices, feat: int, num_heads: int, test_cfg: 
                 sampler=dict(type='mmdet.MaskPseudoSampler'))),
         train_cfg=dict(),
         test_cfg=test_cfg)
-    return ConfigDict(cfg)
+    return MODELS.build(ConfigDict(cfg))
 
 
 def _load_full(model: nn.Module, entry: str, path: str,
@@ -317,7 +306,7 @@ def dinov2_vitg14_ade20k_m2f(pretrained: Optional[bool] = None, weights: Optiona
     ranges = [[quarter * i, quarter * (i + 1) - 1] for i in range(min(4, depth))]
     ak = dict(adapter_kwargs or {})
     heads = ak.pop('deform_num_heads', 24)
-    ak.setdefault('interaction_indexes', ranges)
+    ranges = ak.pop('interaction_indexes', ranges)
     path = _resolve('dinov2_vitg14_ade20k_m2f', pretrained, weights,
                     'dinov2_vitg14_ade20k_m2f.pth', what='segmentor')['segmentor']
     state = load_state_dict_file(path) if path is not None else None
@@ -325,7 +314,7 @@ def dinov2_vitg14_ade20k_m2f(pretrained: Optional[bool] = None, weights: Optiona
     if grid is not None:
         bk.setdefault('img_size', grid * 14)  # the file's position-embedding grid
     attn_heads = max(1, min(32, feat_channels // 32))
-    model = _m2f_model('dinov2_vitg14', 1536, ak.pop('interaction_indexes'), feat_channels,
+    model = _m2f_model('dinov2_vitg14', 1536, ranges, feat_channels,
                        heads, dict(mode='whole'), bk, ak, adapter='dino_mm.ViTAdapter',
                        num_queries=num_queries, attn_heads=attn_heads,
                        encoder_ffn=4 * feat_channels, decoder_ffn=4 * feat_channels)
