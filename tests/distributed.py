@@ -43,11 +43,18 @@ def free_port() -> str:
     raise RuntimeError('no free TCP port found between 20000 and the ephemeral range')
 
 
-def worker_env(**extra) -> dict:
-    """The parent's environment minus torch.distributed variables and CUDA, one thread."""
+def launch_env() -> dict:
+    """The parent's environment minus torch.distributed variables, the project first on
+    ``PYTHONPATH``: what a job launched from a test starts from."""
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env.pop('CUDA_VISIBLE_DEVICES', None)
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    return env
+
+
+def worker_env(**extra) -> dict:
+    """:func:`launch_env` without CUDA, one thread, plus ``extra``."""
+    env = launch_env()
+    env.pop('CUDA_VISIBLE_DEVICES', None)
     env['OMP_NUM_THREADS'] = '1'
     env.update(extra)
     return env

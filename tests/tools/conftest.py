@@ -1,11 +1,10 @@
-import os
 import os.path as osp
 import sys
 
 import pytest
 
-from tests.distributed import DIST_VARS
 from tests.distributed import free_port as _free_port
+from tests.distributed import launch_env
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -38,7 +37,6 @@ def free_port():
 
 @pytest.fixture
 def tool_env():
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    env = launch_env()
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
