@@ -210,6 +210,8 @@ def convert_dinov2_m2f_head(state: Dict[str, torch.Tensor],
                        f'(first keys: {list(state)[:5]}); pass the state dict itself (its '
                        "'state_dict' entry) or the prefix the head sits under")
     return out
+
+
 # --------------------------------------------------------------- DINOv2 ViT-g segmentor
 #: Prefix of the adapter and ViT in the official DINOv2 Mask2Former file (mmseg 0.x).
 DINOV2_M2F_BACKBONE_PREFIX = 'backbone.'
