@@ -279,7 +279,7 @@ def tiny_detection(cfg: Config) -> Config:
     (128 sine features per coordinate are hard-coded), with one layer and few queries."""
     model = cfg.model
     _tiny_vit(model.backbone)
-    if model.type == 'dino_mm.PlainDETR':  # the official detector (inference only)
+    if model.type == 'dino_mm.PlainDETR':  # the official DINOv3 detector
         _tiny_vit(model.backbone, depth=4)
         model.update(hidden_dim=64, dim_feedforward=64, num_encoder_layers=1,
                      num_decoder_layers=1, num_queries_one2one=10, num_queries_one2many=10,

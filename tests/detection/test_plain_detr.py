@@ -348,17 +348,15 @@ def test_windows_tile_back_to_the_full_map():
     torch.testing.assert_close(out[:, :3], want)
 
 
-def test_registry_build_and_loss_refuses():
+def test_registry_build():
     from dino_mm.registry import MODELS
     model = MODELS.build(dict(
         type='dino_mm.PlainDETR',
         backbone=dict(type='DinoVisionTransformer', arch='dinov3_vit7b16', embed_dim=64,
                       depth=4, num_heads=4),
         hidden_dim=64, num_encoder_layers=1, num_decoder_layers=1, num_queries_one2one=5,
-        num_queries_one2many=5, rpe_hidden_dim=16))
-    assert isinstance(model, PlainDETR)
-    with pytest.raises(RuntimeError, match='configs/detection/'):
-        model.loss(torch.zeros(1, 3, 32, 32), [])
+        num_queries_one2many=5, rpe_hidden_dim=16, criterion=dict(k_one2many=3)))
+    assert isinstance(model, PlainDETR) and model.criterion.k_one2many == 3
 
 
 def test_official_files_evaluate_and_draw_through_tools_test(tmp_path, real_images):

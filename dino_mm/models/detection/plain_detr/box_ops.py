@@ -11,8 +11,8 @@ from typing import Optional, Tuple
 import torch
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 
-__all__ = ['delta_to_box', 'delta_to_cxcywh', 'bbox_cxcywh_to_xyxy', 'bbox_xyxy_to_cxcywh',
-           'sine_box_embedding']
+__all__ = ['delta_to_box', 'delta_to_cxcywh', 'box_to_delta', 'bbox_cxcywh_to_xyxy',
+           'bbox_xyxy_to_cxcywh', 'sine_box_embedding']
 
 # Largest |log(scale)| of a width/height delta, as in the official model (16/1000 ratio).
 _MAX_LOG_RATIO = abs(math.log(16 / 1000))
@@ -54,6 +54,28 @@ def delta_to_cxcywh(ref_cxcywh: torch.Tensor, deltas: torch.Tensor,
                     ) -> torch.Tensor:
     """:func:`delta_to_box` returned as absolute ``(cx, cy, w, h)``."""
     return bbox_xyxy_to_cxcywh(delta_to_box(ref_cxcywh, deltas, max_shape))
+
+
+def box_to_delta(ref_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
+    """Regression target of the training loss: the deltas from reference to target boxes.
+
+    ``d_xy = (t_xy - r_xy) / (r_wh + 0.1)`` and ``d_wh = log(t_wh / (r_wh + 0.1))``,
+    computed in fp32. The official encoder adds 0.1 pixel to the reference size (its
+    decoder, :func:`delta_to_box`, does not), so a delta of 0 decodes to the reference
+    box only up to that 0.1 pixel; the released detector was trained with these targets.
+
+    Args:
+        ref_cxcywh (Tensor): (..., 4) reference boxes, absolute ``(cx, cy, w, h)``.
+        target_cxcywh (Tensor): (..., 4) target boxes, broadcastable against
+            ``ref_cxcywh`` (e.g. (Q, 1, 4) against (1, M, 4) for a matching cost).
+
+    Returns:
+        Tensor: (..., 4) deltas ``(dx, dy, dw, dh)``.
+    """
+    ref, target = ref_cxcywh.float(), target_cxcywh.float()
+    size = ref[..., 2:] + 0.1
+    return torch.cat([(target[..., :2] - ref[..., :2]) / size,
+                      torch.log(target[..., 2:] / size)], dim=-1)
 
 
 def sine_box_embedding(boxes: torch.Tensor, dim: int, temperature: float = 10000.0

@@ -1,4 +1,4 @@
-"""The official DINOv3 COCO detector (Plain-DETR) as an mmdet detector, inference only.
+"""The official DINOv3 COCO detector (Plain-DETR) as an mmdet detector.
 
 :class:`PlainDETR` owns the official submodules at the official attribute paths, so its
 ``state_dict()`` keys and shapes are exactly those of the official ``PlainDETRReParam``
@@ -20,6 +20,7 @@ from mmengine.structures import InstanceData
 from dino_mm.registry import MODELS
 from .backbone import BackboneWithPositionEncoding, ViTMultiLayerFeatures, WindowedFeatures
 from .box_ops import delta_to_cxcywh
+from .criterion import PlainDETRCriterion
 from .postprocess import PlainDETRPostProcess
 from .transformer import PlainDETRTransformer
 
@@ -39,7 +40,7 @@ _DEFAULT_PREPROCESSOR = dict(
 
 @MODELS.register_module()
 class PlainDETR(BaseDetector):
-    """DINOv3 Plain-DETR COCO detector (official ``dinov3_vit7b16_de``), inference only.
+    """DINOv3 Plain-DETR COCO detector (official ``dinov3_vit7b16_de``).
 
     The frozen DINOv3 ViT gives the concatenated maps of 4 blocks, for ``n x n`` windows
     and for a resized whole image (:class:`WindowedFeatures`); a 1x1 conv + GroupNorm
@@ -82,6 +83,8 @@ class PlainDETR(BaseDetector):
         category_ids (Sequence[int], optional): Category id of each mmdet label.
             Defaults to the COCO ids when ``num_classes == 91``; None otherwise
             (labels are the logit indices).
+        criterion (dict, optional): Training loss, a :class:`PlainDETRCriterion`
+            config (defaults: the official weights, ``k_one2many=6``).
         data_preprocessor (dict | nn.Module, optional): Defaults to a
             ``DetDataPreprocessor`` with ImageNet mean/std, BGR->RGB and padding to
             multiples of 16 (the patch size; the windows need it).
@@ -96,6 +99,7 @@ class PlainDETR(BaseDetector):
                  n_windows_sqrt: int = 3, rpe_hidden_dim: int = 512,
                  proposal_min_size: float = 50.0, encoder_dim_feedforward: int = 2048,
                  category_ids: Optional[Sequence[int]] = COCO_CATEGORY_IDS,
+                 criterion: Optional[dict] = None,
                  data_preprocessor: Union[dict, nn.Module, None] = None,
                  init_cfg: Optional[dict] = None) -> None:
         if data_preprocessor is None:
@@ -128,8 +132,7 @@ class PlainDETR(BaseDetector):
                                          for _ in range(num_heads))
         self.bbox_embed = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4, 3)
                                         for _ in range(num_heads))
-        self.transformer.decoder.class_embed = self.class_embed
-        self.transformer.decoder.bbox_embed = self.bbox_embed
+        self.transformer.decoder.share_heads(self.class_embed, self.bbox_embed)
         self.query_embed = nn.Embedding(num_queries_one2one + num_queries_one2many,
                                         hidden_dim)
         self.input_proj = nn.ModuleList([nn.Sequential(
@@ -142,9 +145,12 @@ class PlainDETR(BaseDetector):
         if category_ids is not None and num_classes == 91:
             table = torch.full((num_classes,), -1, dtype=torch.long)
             table[torch.as_tensor(list(category_ids))] = torch.arange(len(category_ids))
+            inverse = torch.as_tensor(list(category_ids), dtype=torch.long)
         else:
-            table = None
+            table = inverse = None
         self.register_buffer('category_to_label', table, persistent=False)
+        self.register_buffer('label_to_category', inverse, persistent=False)
+        self.criterion = MODELS.build(dict(type=PlainDETRCriterion, **(criterion or {})))
         self._init_heads()
 
     def _init_heads(self) -> None:
@@ -258,25 +264,37 @@ class PlainDETR(BaseDetector):
             mask[i, :ih, :iw] = False
         return mask
 
-    def forward_official(self, images: torch.Tensor, mask: torch.Tensor
-                         ) -> Dict[str, object]:
-        """Official inference forward of the one-to-one queries.
+    def forward_official(self, images: torch.Tensor, mask: torch.Tensor,
+                         hybrid: bool = False) -> Dict[str, object]:
+        """Official forward: inference (one-to-one queries) or, ``hybrid``, training.
 
         Args:
             images (Tensor): (B, 3, H, W) normalised, zero-padded, H and W patch
                 multiples.
             mask (Tensor): (B, H, W) bool, True on padding.
+            hybrid (bool): Also run the one-to-many queries, as the official training
+                does: ``num_queries_one2one + num_queries_one2many`` proposals are
+                selected and the decoder self attention is masked between the groups.
 
         Returns:
             dict: ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4) absolute cxcywh
             pixels, ``pred_boxes_old`` (reference boxes of the last layer),
             ``pred_deltas``, ``aux_outputs`` (the earlier layers, same keys) and
-            ``enc_outputs`` (two-stage proposals).
+            ``enc_outputs`` (two-stage proposals) of the one-to-one queries; with
+            ``hybrid`` and one-to-many queries, ``one2many`` holds theirs (no
+            ``enc_outputs``).
         """
         feats, feat_mask, pos = self.backbone(images, mask)
         src = self.input_proj[0](feats)
-        nq = self.num_queries_one2one
-        out = self.transformer(src, feat_mask, pos, self.query_embed.weight[:nq], nq)
+        n1 = self.num_queries_one2one
+        nq = n1 + (self.num_queries_one2many if hybrid else 0)
+        attn_mask = None
+        if nq > n1:
+            attn_mask = torch.zeros((nq, nq), dtype=torch.bool, device=src.device)
+            attn_mask[n1:, :n1] = True
+            attn_mask[:n1, n1:] = True
+        out = self.transformer(src, feat_mask, pos, self.query_embed.weight[:nq], nq,
+                               attn_mask)
         levels = []
         for lvl in range(out['hs'].shape[0]):
             ref = out['init_reference'] if lvl == 0 else out['inter_references'][lvl - 1]
@@ -284,8 +302,17 @@ class PlainDETR(BaseDetector):
             levels.append(dict(pred_logits=self.class_embed[lvl](out['hs'][lvl]),
                                pred_boxes=delta_to_cxcywh(ref, delta, out['max_shape']),
                                pred_boxes_old=ref, pred_deltas=delta))
-        result: Dict[str, object] = dict(levels[-1])
-        result['aux_outputs'] = levels[:-1]
+
+        def queries(level: dict, part: slice) -> dict:
+            return {key: value[:, part] for key, value in level.items()}
+
+        one = slice(0, n1)
+        result: Dict[str, object] = queries(levels[-1], one)
+        result['aux_outputs'] = [queries(level, one) for level in levels[:-1]]
+        if nq > n1:
+            many = slice(n1, nq)
+            result['one2many'] = dict(queries(levels[-1], many),
+                                      aux_outputs=[queries(lv, many) for lv in levels[:-1]])
         result['enc_outputs'] = dict(pred_logits=out['enc_outputs_class'],
                                      pred_boxes=out['enc_outputs_coord'],
                                      pred_boxes_old=out['output_proposals'],
@@ -305,13 +332,43 @@ class PlainDETR(BaseDetector):
                                     self.padding_mask(batch_inputs, batch_data_samples))
         return out['pred_logits'], out['pred_boxes']
 
-    def loss(self, batch_inputs: torch.Tensor, batch_data_samples: list):
-        """Not implemented: raises, pointing to the trainable mmdet DINO configs."""
-        raise RuntimeError(
-            'Training dino_mm.PlainDETR (the official DINOv3 Plain-DETR detector) is not '
-            'implemented yet: only inference with the released weights is supported. '
-            'To train a detector on DINOv3 features, use the mmdet DINO configs in '
-            'configs/detection/.')
+    def train(self, mode: bool = True) -> 'PlainDETR':
+        """Train the detector head; the frozen ViT stays in eval mode."""
+        super().train(mode)
+        self.get_submodule(self.vit_prefix[:-1]).eval()
+        return self
+
+    def loss(self, batch_inputs: torch.Tensor, batch_data_samples: list
+             ) -> Dict[str, torch.Tensor]:
+        """Hybrid-matching losses (:class:`PlainDETRCriterion`) of a training batch.
+
+        Ground truth: each sample's ``gt_instances`` (xyxy boxes in network-input
+        pixels, mmdet labels); with the 91-way COCO head, label ``i`` is trained as
+        logit ``category_ids[i]``, the inverse of :meth:`predict`'s mapping.
+        """
+        from mmdet.structures.bbox import get_box_tensor
+        out = self.forward_official(batch_inputs,
+                                    self.padding_mask(batch_inputs, batch_data_samples),
+                                    hybrid=True)
+        targets = []
+        for sample in batch_data_samples:
+            gt = sample.gt_instances
+            labels = gt.labels.long()
+            if self.label_to_category is not None:
+                if labels.numel() and int(labels.max()) >= len(self.label_to_category):
+                    raise ValueError(
+                        f'dino_mm.PlainDETR: ground-truth label {int(labels.max())} of '
+                        f'{sample.metainfo.get("img_path", "an image")} has no category id '
+                        f'({len(self.label_to_category)} category_ids); set category_ids '
+                        '(or num_classes) to match the dataset classes.')
+                labels = self.label_to_category[labels]
+            elif labels.numel() and int(labels.max()) >= self.num_classes:
+                raise ValueError(
+                    f'dino_mm.PlainDETR: ground-truth label {int(labels.max())} >= '
+                    f'num_classes={self.num_classes}.')
+            targets.append(InstanceData(bboxes=get_box_tensor(gt.bboxes).float(),
+                                        labels=labels))
+        return self.criterion(out, targets, [s.metainfo for s in batch_data_samples])
 
     @torch.no_grad()
     def predict(self, batch_inputs: torch.Tensor, batch_data_samples: list,

@@ -205,10 +205,16 @@ class GlobalDecoderLayer(nn.Module):
 class GlobalDecoder(nn.Module):
     """Decoder with iterative box refinement in absolute coordinates.
 
-    ``bbox_embed`` / ``class_embed`` are set by the detector to its own heads (the
-    official model shares them this way, which is why their keys appear twice in its
-    state dict: ``class_embed.*`` and ``transformer.decoder.class_embed.*``).
+    ``bbox_embed`` / ``class_embed`` are the detector's own heads, given through
+    :meth:`share_heads`. The official model shares them by assigning the same modules
+    twice, which is why their keys appear twice in its state dict (``class_embed.*``
+    and ``transformer.decoder.class_embed.*``). Here they are held outside the module
+    tree, so every parameter has one owner (optimiser constructors with ``paramwise_cfg``,
+    FSDP and parameter counts see each once), while ``state_dict`` still writes the
+    second copy of the keys and ``load_state_dict`` accepts (and drops) it.
     """
+
+    _SHARED = ('class_embed', 'bbox_embed')
 
     def __init__(self, num_layers: int, d_model: int, **layer_kwargs) -> None:
         super().__init__()
@@ -216,8 +222,35 @@ class GlobalDecoder(nn.Module):
             GlobalDecoderLayer(d_model=d_model, **layer_kwargs) for _ in range(num_layers))
         self.num_layers = num_layers
         self.final_layer_norm = nn.LayerNorm(d_model)
-        self.bbox_embed: Optional[nn.ModuleList] = None
-        self.class_embed: Optional[nn.ModuleList] = None
+        self._shared: Tuple[Optional[nn.ModuleList], Optional[nn.ModuleList]] = (None, None)
+        self._register_state_dict_hook(GlobalDecoder._write_shared_keys)
+        self._register_load_state_dict_pre_hook(GlobalDecoder._drop_shared_keys)
+
+    def share_heads(self, class_embed: nn.ModuleList, bbox_embed: nn.ModuleList) -> None:
+        """Use the detector's per-layer heads (not registered as submodules here)."""
+        self._shared = (class_embed, bbox_embed)
+
+    @property
+    def class_embed(self) -> Optional[nn.ModuleList]:
+        return self._shared[0]
+
+    @property
+    def bbox_embed(self) -> Optional[nn.ModuleList]:
+        return self._shared[1]
+
+    @staticmethod
+    def _write_shared_keys(module: 'GlobalDecoder', state_dict: dict, prefix: str,
+                           local_metadata: dict) -> None:
+        for name, heads in zip(GlobalDecoder._SHARED, module._shared):
+            if heads is not None:
+                for key, value in heads.state_dict().items():
+                    state_dict[f'{prefix}{name}.{key}'] = value
+
+    @staticmethod
+    def _drop_shared_keys(state_dict: dict, prefix: str, *args) -> None:
+        for key in [k for k in state_dict
+                    if k.startswith(tuple(f'{prefix}{n}.' for n in GlobalDecoder._SHARED))]:
+            del state_dict[key]
 
     def forward(self, tgt: torch.Tensor, boxes: torch.Tensor, memory: torch.Tensor,
                 memory_pos: torch.Tensor, feat_hw: Tuple[int, int], padding_mask: torch.Tensor,
@@ -377,6 +410,11 @@ class PlainDETRTransformer(nn.Module):
         memory = self.encoder(tokens, mask_flat, pos_flat)
 
         prop_mem, proposals, max_shape = self.gen_proposals(memory, mask_flat, (h, w))
+        if num_queries > proposals.shape[1]:
+            raise ValueError(
+                f'Plain-DETR selects {num_queries} queries among the {proposals.shape[1]} '
+                f'proposals of a {h}x{w} feature map; use larger images or fewer queries '
+                '(num_queries_one2one, and num_queries_one2many in training).')
         last = self.decoder.num_layers
         enc_class = self.decoder.class_embed[last](prop_mem)
         enc_delta = self.decoder.bbox_embed[last](prop_mem)
