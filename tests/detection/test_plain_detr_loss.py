@@ -14,6 +14,7 @@ import os.path as osp
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from mmengine.structures import InstanceData
@@ -220,8 +221,7 @@ def _batch(model, real_images):
     from PIL import Image
     images, samples = [], []
     for name, box in (('astronaut', [20., 10., 90., 80.]), ('coffee', [30., 20., 110., 90.])):
-        img = torch.from_numpy(
-            __import__('numpy').array(Image.fromarray(real_images[name]).resize((128, 96))))
+        img = torch.from_numpy(np.array(Image.fromarray(real_images[name]).resize((128, 96))))
         images.append(img.permute(2, 0, 1).contiguous())
         s = DetDataSample(metainfo=dict(img_shape=(96, 128), ori_shape=(96, 128),
                                         pad_shape=(96, 128), scale_factor=(1., 1.)))

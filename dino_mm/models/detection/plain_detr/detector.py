@@ -171,8 +171,10 @@ class PlainDETR(BaseDetector):
 
         The released ``*_detr_head-*.pth`` (``['model']``) may hold only the head; the
         official ViT weights (``backbone_state``, official DINOv3 backbone keys) are
-        then placed under :attr:`vit_prefix`. The head modules shared with the decoder
-        are filled under both of their names if the file has only one.
+        then placed under :attr:`vit_prefix`. The heads shared with the decoder load
+        from their ``class_embed.*`` / ``bbox_embed.*`` keys, or from the
+        ``transformer.decoder.`` copy when the file has only that one (the decoder
+        itself drops that copy on load, see :class:`GlobalDecoder`).
 
         Raises:
             RuntimeError: (``strict``) missing / unexpected keys or shape mismatches,
@@ -183,11 +185,8 @@ class PlainDETR(BaseDetector):
             state.update({self.vit_prefix + k: v for k, v in backbone_state.items()})
         alias = 'transformer.decoder.'
         for key in list(state):
-            for head in ('class_embed.', 'bbox_embed.'):
-                if key.startswith(head):
-                    state.setdefault(alias + key, state[key])
-                elif key.startswith(alias + head):
-                    state.setdefault(key[len(alias):], state[key])
+            if key.startswith((alias + 'class_embed.', alias + 'bbox_embed.')):
+                state.setdefault(key[len(alias):], state[key])
         return self.load_state_dict(state, strict=strict)
 
     def load_official_files(self, head_path: str, backbone_path: Optional[str] = None,
@@ -354,18 +353,16 @@ class PlainDETR(BaseDetector):
         for sample in batch_data_samples:
             gt = sample.gt_instances
             labels = gt.labels.long()
-            if self.label_to_category is not None:
-                if labels.numel() and int(labels.max()) >= len(self.label_to_category):
-                    raise ValueError(
-                        f'dino_mm.PlainDETR: ground-truth label {int(labels.max())} of '
-                        f'{sample.metainfo.get("img_path", "an image")} has no category id '
-                        f'({len(self.label_to_category)} category_ids); set category_ids '
-                        '(or num_classes) to match the dataset classes.')
-                labels = self.label_to_category[labels]
-            elif labels.numel() and int(labels.max()) >= self.num_classes:
+            table = self.label_to_category
+            limit = self.num_classes if table is None else len(table)
+            if labels.numel() and int(labels.max()) >= limit:
                 raise ValueError(
-                    f'dino_mm.PlainDETR: ground-truth label {int(labels.max())} >= '
-                    f'num_classes={self.num_classes}.')
+                    f'dino_mm.PlainDETR: ground-truth label {int(labels.max())} of '
+                    f'{sample.metainfo.get("img_path", "an image")} has no logit ({limit} '
+                    f'{"num_classes" if table is None else "category_ids"}); set '
+                    'category_ids (or num_classes) to match the dataset classes.')
+            if table is not None:
+                labels = table[labels]
             targets.append(InstanceData(bboxes=get_box_tensor(gt.bboxes).float(),
                                         labels=labels))
         return self.criterion(out, targets, [s.metainfo for s in batch_data_samples])
