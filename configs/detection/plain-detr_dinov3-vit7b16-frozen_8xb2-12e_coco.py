@@ -9,7 +9,9 @@
 # data pipeline mmdet's DETR augmentation (flip, multi-scale resize or resize-crop-resize).
 # Evaluate with tools/test.py and the same config.
 _base_ = ['./plain-detr_dinov3-vit7b16_official_coco.py']
-model = dict(init_cfg=None)  # the head starts from the official head init; the ViT is loaded
+# The head starts from the official head init; the ViT is loaded and frozen whole (its own
+# frozen_stages keeps every block, and the RoPE augmentation, in eval mode in training).
+model = dict(init_cfg=None, backbone=dict(frozen_stages=40))
 
 _scales = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333),
            (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)]
