@@ -95,19 +95,25 @@ CHMV2_STD = (0.213, 0.156, 0.143)
 
 
 def chmv2_leaf():
-    """The CHMv2 inference / evaluation leaf (no training recipe: none is published)."""
+    """The CHMv2 leaf: official inference / evaluation, and fine-tuning on your tiles (the
+    CHMv2 training recipe is not published; dino_mm's depth recipe is used)."""
     mean = [round(255 * m, 6) for m in CHMV2_MEAN]  # the 0-255 scale of the preprocessor
     std = [round(255 * s, 6) for s in CHMV2_STD]
     return f"""# dinov3-vitl16 (SAT-493M) + CHMv2 DPT head: canopy height in metres from RGB
-# satellite / aerial tiles (official dinov3_vitl16_chmv2); inference and evaluation only.
-# Data layout: see ../_base_/datasets/canopy_height.py (a "rgb_path chm_path" list,
-# 16-bit PNG heights in cm). Weights, official files (also found in $DINO_MM_WEIGHTS):
+# satellite / aerial tiles (official dinov3_vitl16_chmv2).
+# Data layout: see ../_base_/datasets/canopy_height.py ("rgb_path chm_path" lists, RGB tiles
+# and GeoTIFF heights in metres with nodata / mask band). Weights, official files (also
+# found in $DINO_MM_WEIGHTS):
 #   checkpoints/{CHMV2_BACKBONE} (backbone)
 #   checkpoints/{CHMV2_HEAD} (head)
-# Evaluate: python tools/test.py <this config> none  (both files load through init_cfg).
+# Evaluate the released model: python tools/test.py <this config> none  (both files load
+#   through init_cfg; MAE / RMSE / bias / R2 / block R2).
+# Fine-tune the head on your tiles: python tools/train.py <this config>  (frozen backbone,
+#   head initialised from the official file, SigLoss + GradientLoss of the DPT depth leaves,
+#   256 px crops, the depth_38k schedule: dino_mm choices, as no CHMv2 recipe is published).
 # As the official notebook: RGB/255 normalised with mean {CHMV2_MEAN} and std
 # {CHMV2_STD}, center padding to 16 px, whole-image prediction resized to the input size.
-_base_ = ['../_base_/default_runtime.py', '../_base_/datasets/canopy_height.py']
+_base_ = ['../_base_/schedules/depth_38k.py', '../_base_/datasets/canopy_height.py']
 model = dict(
     type='dino_mm.DinoDepthEstimator',
     data_preprocessor=dict(type='dino_mm.DepthDataPreProcessor',
@@ -126,10 +132,14 @@ model = dict(
         post_process_channels=[128, 256, 512, 1024], channels=256, readout_type='project',
         patch_size=16, use_bias=True, projection_after_fusion=False, n_hidden_channels=128,
         output_align_corners=True, classify=True, n_bins=256, bins_strategy='chmv2_mixlog',
-        norm_strategy='chmv2_mixlog', min_depth=0.001, max_depth=96.0, loss_decode=[],
+        norm_strategy='chmv2_mixlog', min_depth=0.001, max_depth=96.0,
+        loss_decode=[
+            dict(type='dino_mm.SigLoss', valid_mask=True, loss_weight=1.0, warm_up=True),
+            dict(type='dino_mm.GradientLoss', valid_mask=True, loss_weight=0.5),
+        ],
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/{CHMV2_HEAD}')),
+    train_cfg=dict(),
     test_cfg=dict(mode='whole', flip=False))
-default_hooks = dict(visualization=dict(type='dino_mm.DepthVisualizationHook', draw=False))
 """
 
 

@@ -1,10 +1,12 @@
-"""NYU Depth v2 and KITTI (Eigen split) depth datasets and depth transforms.
+"""NYU Depth v2, KITTI (Eigen split) and canopy-height (CHMv2) datasets and their transforms.
 
-Both read BTS-style split lists (``nyu_train.txt``/``nyu_test.txt``,
+All read BTS-style split lists (``nyu_train.txt``/``nyu_test.txt``,
 ``eigen_train_files_with_gt.txt``/``eigen_test_files_with_gt.txt``): one sample per line,
 ``rgb_path depth_path focal``, paths relative to the image / depth roots (a leading ``/``
 as in the BTS NYU lists is accepted). Depth maps are 16-bit PNGs: NYU stores millimetres
-(scale 1000), KITTI stores depth*256 (scale 256); 0 means "no measurement".
+(scale 1000), KITTI stores depth*256 (scale 256); 0 means "no measurement". Canopy-height
+maps are single-band GeoTIFFs in metres, the layout of Meta's released canopy-height maps
+(see :class:`LoadCanopyHeightMap`).
 """
 import os.path as osp
 from typing import List, Optional, Tuple
@@ -18,7 +20,8 @@ from mmengine.fileio import get_local_path
 from dino_mm.datasets.base import NonEmptyMixin
 from dino_mm.registry import DATASETS, TRANSFORMS
 
-__all__ = ['NYUDepthDataset', 'KITTIDepthDataset', 'LoadDepthMap', 'KBCrop', 'RandomBrightness']
+__all__ = ['NYUDepthDataset', 'KITTIDepthDataset', 'CanopyHeightDataset', 'LoadDepthMap',
+           'LoadCanopyHeightMap', 'KBCrop', 'RandomBrightness']
 
 
 class _DepthListDataset(NonEmptyMixin, BaseDataset):
@@ -40,6 +43,8 @@ class _DepthListDataset(NonEmptyMixin, BaseDataset):
     """
 
     DEFAULTS = dict(depth_scale=1.0, min_depth=1e-3, max_depth=10.0)
+    # BTS lists carry the focal length as their third field; other lists may not.
+    THIRD_FIELD_IS_FOCAL = True
 
     def _root_hint(self) -> str:
         return 'the split list (ann_file) and the RGB images / depth maps it names'
@@ -97,7 +102,7 @@ class _DepthListDataset(NonEmptyMixin, BaseDataset):
                     min_depth=self.min_depth,
                     max_depth=self.max_depth,
                     seg_fields=[])
-                if len(fields) > 2:
+                if len(fields) > 2 and self.THIRD_FIELD_IS_FOCAL:
                     try:
                         info['focal'] = float(fields[2])
                     except ValueError:
@@ -126,6 +131,24 @@ class KITTIDepthDataset(_DepthListDataset):
     DEFAULTS = dict(depth_scale=256.0, min_depth=1e-3, max_depth=80.0)
 
 
+@DATASETS.register_module()
+class CanopyHeightDataset(_DepthListDataset):
+    """Canopy-height tiles (CHMv2, official ``dinov3_vitl16_chmv2``): a list file with one
+    ``rgb_path chm_path`` line per tile (a third field is ignored), paths relative to
+    ``data_root``. The RGB tile is a 3-band 8-bit image (GeoTIFF, PNG or JPEG); the canopy
+    height map is read by :class:`LoadCanopyHeightMap`: a single-band GeoTIFF in metres
+    (``depth_scale=1``, the default) with its nodata value and mask band, or a 16-bit PNG
+    (set ``depth_scale`` to the PNG value per metre, e.g. 100 for centimetres). Heights up to
+    96 m, the CHMv2 maximum."""
+
+    DEFAULTS = dict(depth_scale=1.0, min_depth=1e-3, max_depth=96.0)
+    THIRD_FIELD_IS_FOCAL = False
+
+    def _empty_hint(self) -> str:
+        return (f'Check the tile list "{self.ann_file}" (one "rgb_path chm_path" line per '
+                'tile) and data_root.')
+
+
 @TRANSFORMS.register_module()
 class LoadDepthMap(BaseTransform):
     """Load a 16-bit depth PNG, convert it to metres and check it.
@@ -151,10 +174,8 @@ class LoadDepthMap(BaseTransform):
         self.max_depth = max_depth
         self.check_size = check_size
 
-    def transform(self, results: dict) -> dict:
-        path = results.get('depth_map_path')
-        if path is None:
-            return results
+    def _read(self, path: str, scale: float) -> np.ndarray:
+        """The map in metres (float32, 0 = invalid)."""
         with get_local_path(path) as local:
             raw = cv2.imread(local, cv2.IMREAD_UNCHANGED)
         if raw is None:
@@ -164,17 +185,23 @@ class LoadDepthMap(BaseTransform):
                 f'Depth map {path} is {raw.dtype} with shape {raw.shape}; expected a '
                 'single-channel 16-bit PNG (NYU: millimetres, KITTI: depth*256). An 8-bit or '
                 'colour PNG is a visualisation, not ground truth.')
+        return raw.astype(np.float32) / scale
+
+    def transform(self, results: dict) -> dict:
+        path = results.get('depth_map_path')
+        if path is None:
+            return results
+        scale = float(self.depth_scale or results.get('depth_scale', 1.0))
+        depth = self._read(path, scale)
         # ori_shape is the image size as loaded, so the check also holds when the depth map
         # is loaded after a Resize (the usual order in test pipelines).
         img_shape = results.get('ori_shape', results['img'].shape[:2] if 'img' in results else None)
-        if self.check_size and img_shape is not None and raw.shape != tuple(img_shape[:2]):
+        if self.check_size and img_shape is not None and depth.shape != tuple(img_shape[:2]):
             raise ValueError(
-                f'Depth map {path} has size {raw.shape} but its image '
+                f'Depth map {path} has size {depth.shape} but its image '
                 f'{results.get("img_path")} has size {tuple(img_shape[:2])}; the list file '
                 'pairs the wrong files or one of them was resized.')
-        scale = float(self.depth_scale or results.get('depth_scale', 1.0))
         max_depth = self.max_depth or results.get('max_depth')
-        depth = raw.astype(np.float32) / scale
         measured = depth[depth > 0]
         if max_depth is not None and measured.size and measured.min() > max_depth:
             raise ValueError(
@@ -190,6 +217,116 @@ class LoadDepthMap(BaseTransform):
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(depth_scale={self.depth_scale}, '
                 f'max_depth={self.max_depth}, check_size={self.check_size})')
+
+
+@TRANSFORMS.register_module()
+class LoadCanopyHeightMap(LoadDepthMap):
+    """Load a canopy-height map (CHMv2 tiles) in metres and check it.
+
+    Reads the layout of Meta's released canopy-height maps (CHMv2, and the NEON test tiles of
+    the first version): a GeoTIFF whose first full-resolution band is the height above ground
+    in metres (any integer or float type), with its ``GDAL_NODATA`` value and its internal
+    mask band (GDAL's per-dataset mask, 0 = masked, e.g. imagery flagged as cloud) marking
+    pixels without ground truth. tifffile reads it (GeoTIFF tags are not needed: the map is
+    aligned pixel for pixel with its RGB tile). A 16-bit PNG is read like
+    :class:`LoadDepthMap` (0 = no data, ``depth_scale`` PNG values per metre).
+
+    Adds ``gt_depth_map`` (float32, metres, 0 = invalid). The depth losses and the padding of
+    the data preprocessor treat 0 as "no data", so measured heights below ``ground_height``
+    (bare ground is 0 m; negative lidar heights are clamped to 0, as the official NEON
+    evaluation does) are stored as ``ground_height``: the smallest height the CHMv2 head
+    predicts (its first bin), so ground stays a scored pixel at an error below 1 mm.
+
+    Raises a ``ValueError`` naming the file when the map has several bands, when its mask
+    band has another size, when its size differs from the image, or when every measured
+    height lies beyond ``max_depth`` (wrong unit or ``depth_scale``).
+
+    Args:
+        depth_scale (float, optional): File value per metre (1 for GeoTIFF heights in metres,
+            100 for a PNG in centimetres); default: the sample's ``depth_scale``.
+        ground_height (float): Value stored for measured heights below it. Defaults to 1e-3.
+        max_depth (float, optional): Plausibility limit; default: the sample's.
+        check_size (bool): Compare with the image size. Defaults to True.
+    """
+
+    TIFF_SUFFIXES = ('.tif', '.tiff')
+
+    def __init__(self, depth_scale: Optional[float] = None, ground_height: float = 1e-3,
+                 max_depth: Optional[float] = None, check_size: bool = True) -> None:
+        super().__init__(depth_scale=depth_scale, max_depth=max_depth, check_size=check_size)
+        if not ground_height > 0:
+            raise ValueError(f'LoadCanopyHeightMap: ground_height must be > 0 (0 means "no '
+                             f'data"), got {ground_height}.')
+        self.ground_height = float(ground_height)
+
+    @staticmethod
+    def _read_geotiff(path: str, local: str) -> Tuple[np.ndarray, np.ndarray]:
+        """(heights as stored, valid mask) of the first full-resolution band."""
+        # tifffile ships with scikit-image and imageio; imported here so that the other
+        # depth datasets do not need it.
+        import tifffile
+        with tifffile.TiffFile(local) as tif:
+            pages = [p for p in tif.pages if not p.is_reduced]
+            data = [p for p in pages if not p.is_mask]
+            masks = [p for p in pages if p.is_mask]
+            if not data:
+                raise ValueError(f'Canopy-height GeoTIFF {path} holds no image band.')
+            page = data[0]
+            raw = page.asarray()
+            if raw.ndim != 2:
+                raise ValueError(
+                    f'Canopy-height GeoTIFF {path} has shape {raw.shape}; expected one height '
+                    'band (metres) with the cloud flag as its mask band, not an RGB or '
+                    'multi-band raster.')
+            valid = np.isfinite(raw) if raw.dtype.kind == 'f' else np.ones(raw.shape, bool)
+            nodata = page.tags.get('GDAL_NODATA')
+            if nodata is not None:
+                value = float(str(nodata.value).strip('\x00 '))
+                valid &= ~np.isnan(raw) if np.isnan(value) else raw != value
+            if masks:
+                mask = masks[0].asarray()
+                if mask.shape != raw.shape:
+                    raise ValueError(f'Canopy-height GeoTIFF {path}: mask band {mask.shape} '
+                                     f'and height band {raw.shape} differ in size.')
+                valid &= mask > 0
+        return raw, valid
+
+    def _read(self, path: str, scale: float) -> np.ndarray:
+        if not path.lower().endswith(self.TIFF_SUFFIXES):
+            height = super()._read(path, scale)
+            return np.where(height > 0, np.maximum(height, self.ground_height), 0).astype(
+                np.float32)
+        with get_local_path(path) as local:
+            if not osp.isfile(local):
+                raise FileNotFoundError(f'Cannot read canopy-height map {path} (missing).')
+            raw, valid = self._read_geotiff(path, local)
+        height = np.where(valid, raw, 0).astype(np.float32) / scale
+        height = np.maximum(height, self.ground_height)
+        return np.where(valid, height, 0).astype(np.float32)
+
+    def transform(self, results: dict) -> dict:
+        results = super().transform(results)
+        height = results.get('gt_depth_map')
+        max_depth = self.max_depth or results.get('max_depth')
+        if height is not None and max_depth is not None:
+            # Ground keeps the minimum of a map near ground_height, so the parent's "all
+            # beyond max_depth" test cannot see a wrong unit; trees above 1.25 x the limit
+            # (120 m for CHMv2) on more than 1 % of the measured pixels can.
+            measured = height[height > 0]
+            if measured.size and (measured > 1.25 * max_depth).mean() > 0.01:
+                scale = float(self.depth_scale or results.get('depth_scale', 1.0))
+                raise ValueError(
+                    f'Canopy-height map {results.get("depth_map_path")}: '
+                    f'{(measured > 1.25 * max_depth).mean():.0%} of the measured heights exceed '
+                    f'{1.25 * max_depth:g} m after dividing by depth_scale={scale} (largest '
+                    f'{measured.max():.1f} m); the file uses another unit (e.g. centimetres: '
+                    'set depth_scale=100) or is not a height map.')
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(depth_scale={self.depth_scale}, '
+                f'ground_height={self.ground_height}, max_depth={self.max_depth}, '
+                f'check_size={self.check_size})')
 
 
 @TRANSFORMS.register_module()

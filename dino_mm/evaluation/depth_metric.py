@@ -73,6 +73,23 @@ def compute_depth_metrics(gt: np.ndarray, pred: np.ndarray) -> Dict[str, float]:
     )
 
 
+def sample_maps(sample, metric: str, loader: str = 'dino_mm.LoadDepthMap') -> tuple:
+    """(prediction, ground truth, image path) of one data sample (mmseg ``SegDataSample`` or
+    its dict), the maps as float64 arrays of the same shape; errors name the sample."""
+    get = sample.get if isinstance(sample, dict) else (lambda k: getattr(sample, k, None))
+    pred, gt = get('pred_depth_map'), get('gt_depth_map')
+    name = get('img_path')
+    if pred is None or gt is None:
+        raise KeyError(f'{metric} needs pred_depth_map and gt_depth_map in every sample '
+                       f'({name}); load the ground truth in the test pipeline ({loader}).')
+    pred, gt = DepthMetric._array(pred), DepthMetric._array(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f'{metric}: prediction {pred.shape} and ground truth {gt.shape} '
+                         f'differ for {name}; load the ground truth at the original image '
+                         'size (no Resize on gt in the test pipeline).')
+    return pred, gt, name
+
+
 @METRICS.register_module()
 class DepthMetric(BaseMetric):
     """Depth estimation metric for mmengine evaluators.
@@ -129,17 +146,7 @@ class DepthMetric(BaseMetric):
 
     def process(self, data_batch, data_samples: Sequence) -> None:
         for sample in data_samples:
-            get = sample.get if isinstance(sample, dict) else (lambda k: getattr(sample, k, None))
-            pred, gt = get('pred_depth_map'), get('gt_depth_map')
-            name = get('img_path')
-            if pred is None or gt is None:
-                raise KeyError(f'DepthMetric needs pred_depth_map and gt_depth_map in every '
-                               f'sample ({name}); load depth in the test pipeline.')
-            pred, gt = self._array(pred), self._array(gt)
-            if pred.shape != gt.shape:
-                raise ValueError(f'DepthMetric: prediction {pred.shape} and ground truth '
-                                 f'{gt.shape} differ for {name}; load the ground truth at the '
-                                 'original image size (no Resize on gt in the test pipeline).')
+            pred, gt, name = sample_maps(sample, 'DepthMetric')
             mask = depth_eval_mask(gt, self.min_depth, self.max_depth, self.crop)
             if not mask.any():
                 MMLogger.get_current_instance().warning(

@@ -330,23 +330,26 @@ def test_config_leaf_loads_both_official_files_in_init_weights(weights_dir):
 
 
 def test_tools_test_none_on_the_leaf_is_the_notebook_inference(weights_dir, real_images):
-    """``tools/test.py <leaf> none`` on tiles in the documented layout: both official files
-    load through init_cfg, and the predictions are the notebook's (mmcv's BGR loading +
-    the preprocessor's 0-255 mean / std = RGB/255 normalised with the CHMv2 mean / std)."""
-    import cv2
+    """``tools/test.py <leaf> none`` on tiles in the official layout (RGB GeoTIFF, uint8
+    GeoTIFF heights in metres with nodata and a cloud mask band): both official files load
+    through init_cfg, the predictions are the notebook's (mmcv's BGR loading + the
+    preprocessor's 0-255 mean / std = RGB/255 normalised with the CHMv2 mean / std), and the
+    metrics are those of the predictions on the valid pixels."""
     import mmengine
 
+    from tests.depth.canopy_tiles import synthetic_heights, write_chm, write_rgb
     from tests.depth.test_depth_e2e import _tool
     root = weights_dir.parent / 'data' / 'canopy_height'
     (root / 'rgb').mkdir(parents=True)
     (root / 'chm').mkdir()
     tiles = [real_images['astronaut'][:40, :52], real_images['coffee'][60:108, 80:144]]
-    lines = []
+    lines, expected_heights = [], []
     for i, tile in enumerate(tiles):
-        cv2.imwrite(str(root / 'rgb' / f'{i}.png'), np.ascontiguousarray(tile[:, :, ::-1]))
-        chm = (np.arange(tile.shape[0] * tile.shape[1]) % 3000).astype(np.uint16)  # cm
-        cv2.imwrite(str(root / 'chm' / f'{i}.png'), chm.reshape(tile.shape[:2]))
-        lines.append(f'rgb/{i}.png chm/{i}.png\n')
+        write_rgb(root / 'rgb' / f'{i}.tif', tile)
+        stored, mask, metres = synthetic_heights(tile, seed=i)
+        write_chm(root / 'chm' / f'{i}.tif', stored, mask=mask)
+        lines.append(f'rgb/{i}.tif chm/{i}.tif\n')
+        expected_heights.append(metres)
     (root / 'test.txt').write_text(''.join(lines))
     _official_head_file(weights_dir / HEAD_FILE, seed=7)
     _sat_backbone_file(weights_dir / BACKBONE_FILE, seed=8)
@@ -356,12 +359,83 @@ def test_tools_test_none_on_the_leaf_is_the_notebook_inference(weights_dir, real
         '--cfg-options', 'model.backbone.depth=1', 'model.backbone.out_indices=[0,0,0,0]',
         f'test_dataloader.dataset.data_root={root}', 'test_dataloader.num_workers=0',
         'test_dataloader.persistent_workers=False'])
-    assert 0 < metrics['depth/rmse'] < 96
     model = depthers.dinov3_vitl16_chmv2(depth=1, out_indices=[0, 0, 0, 0])  # same files
-    for tile, pred in zip(tiles, mmengine.load(str(out))):
+    errors = []
+    for tile, metres, pred in zip(tiles, expected_heights, mmengine.load(str(out))):
         expected = predict_canopy_height(model, torch.from_numpy(tile.copy()).permute(2, 0, 1))
-        torch.testing.assert_close(pred['pred_depth_map']['data'][0], expected, rtol=1e-4,
-                                   atol=1e-4)
+        got = pred['pred_depth_map']['data'][0]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        valid = ~np.isnan(metres)
+        gt = np.maximum(metres[valid], 1e-3)  # bare ground is scored as 1 mm
+        errors.append(got.numpy()[valid].clip(min=0) - gt)
+    errors = np.concatenate(errors).astype(np.float64)
+    assert metrics['canopy/mae'] == pytest.approx(np.abs(errors).mean(), rel=1e-4)
+    assert metrics['canopy/rmse'] == pytest.approx(np.sqrt((errors**2).mean()), rel=1e-4)
+    assert metrics['canopy/bias'] == pytest.approx(errors.mean(), rel=1e-4, abs=1e-4)
+
+
+def test_tools_train_fine_tunes_the_official_head_then_tools_test_shows(weights_dir,
+                                                                         real_images):
+    """A user config inheriting the leaf (``projects/`` style): ``tools/train.py`` fine-tunes
+    the official head on official-layout tiles (the backbone stays the SAT-493M file, the
+    head moves away from the official file, every logged loss is finite), then ``tools/test.py --show-dir`` evaluates the checkpoint and draws the
+    canopy-height pictures."""
+    import cv2
+
+    from tests.depth.canopy_tiles import write_tile_set
+    from tests.depth.test_depth_e2e import _tool
+    root = weights_dir.parent / 'data' / 'canopy_height'
+    write_tile_set(root, [real_images[k] for k in ('astronaut', 'coffee', 'chelsea')],
+                   size=(48, 64))
+    head_sd = _official_head_file(weights_dir / HEAD_FILE, seed=7)
+    backbone_sd = _sat_backbone_file(weights_dir / BACKBONE_FILE, seed=8)
+    work = weights_dir.parent / 'work'
+    user_cfg = weights_dir.parent / 'my_canopy.py'
+    user_cfg.write_text(f"""_base_ = [{LEAF!r}]
+data_root = {str(root)!r}
+model = dict(backbone=dict(depth=1, out_indices=[0, 0, 0, 0]))
+train_pipeline = [
+    dict(type='mmcv.LoadImageFromFile'),
+    dict(type='dino_mm.LoadCanopyHeightMap'),
+    dict(type='mmseg.RandomCrop', crop_size=(32, 32)),
+    dict(type='mmseg.RandomFlip', prob=[0.25, 0.25], direction=['horizontal', 'vertical']),
+    dict(type='mmseg.PackSegInputs', meta_keys={{{{_base_.meta_keys}}}}),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(block=16)
+test_evaluator = val_evaluator
+train_cfg = dict(max_iters=6, val_interval=6)
+param_scheduler = [dict(type='OneCycleLR', eta_max=3e-4, total_steps=6, pct_start=0.5,
+                        anneal_strategy='cos', final_div_factor=1000, by_epoch=False)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=6))
+log_processor = dict(window_size=1)
+""")
+    _tool('train').main([str(user_cfg), '--work-dir', str(work)])
+    ckpt = work / 'iter_6.pth'
+    state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
+    for k, v in backbone_sd.items():  # frozen: still the official file
+        assert torch.equal(state[f'backbone.{k}'], v), k
+    moved = [k for k, v in head_sd.items() if not torch.equal(state[f'decode_head.{k}'], v)]
+    assert len(moved) > len(head_sd) // 2  # the head was initialised from the file, then trained
+    logs = [json for json in work.rglob('*.json') if json.parent.name == 'vis_data']
+    assert logs, 'no scalars log'
+    import json
+    losses = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    losses = [r['loss'] for r in losses if 'loss' in r]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    show = weights_dir.parent / 'show'
+    metrics = _tool('test').main([str(user_cfg), str(ckpt), '--work-dir',
+                                  str(weights_dir.parent / 'test'), '--show-dir', str(show)])
+    assert set(metrics) == {f'canopy/{k}' for k in ('mae', 'rmse', 'bias', 'r2', 'r2_block')}
+    assert 0 < metrics['canopy/rmse'] < 96
+    pngs = sorted(show.glob('*_depth.png'))
+    assert len(pngs) == 3
+    vis = cv2.imread(str(pngs[0]))
+    assert vis.shape == (48, 3 * 64, 3) and vis.std() > 5  # image | ground truth | prediction
 
 
 # ------------------------------------------------------------- (c) mixlog bins and norm
