@@ -26,6 +26,8 @@ DIM = 32
 LINEAR_ADE = 'configs/segmentation/dinov2/dinov2-vits14_linear_8xb2-40k_ade20k-512x512.py'
 MS_VOC = 'configs/segmentation/dinov2/dinov2-vits14_ms_8xb2-40k_voc12-640x640.py'
 M2F_ADE = 'configs/segmentation/dinov2/dinov2-vitg14_vit-adapter-m2f_8xb2-80k_ade20k-512x512.py'
+M2F_ADE_V3 = (
+    'configs/segmentation/dinov3/dinov3-vit7b16_vit-adapter-m2f_8xb2-80k_ade20k-512x512.py')
 
 
 def _tiny_options(data_root, work_dir, n_layers, reduce_zero_label, num_classes):
@@ -190,9 +192,18 @@ def test_mask2former_ade20k_train_and_evaluate(ade_root, tmp_path):
     # The leaf's original ViT-Adapter (injectors) over two block ranges of the tiny ViT.
     options.update({'model.backbone.interaction_indexes': [[0, 1], [2, 3]],
                     'model.backbone.conv_inplane': 8, 'model.backbone.deform_num_heads': 4})
+    options['model.decode_head'] = _tiny_m2f_head()
+    metrics = _train_and_test_through_tools(tmp_path, M2F_ADE, options, show=True)
+    assert 0.0 <= metrics['mIoU'] <= 100.0
+    state = torch.load(osp.join(options['work_dir'], 'iter_2.pth'), map_location='cpu',
+                       weights_only=False)['state_dict']
+    assert 'backbone.interactions.1.injector.gamma' in state  # the leaf's ViT-Adapter
+
+
+def _tiny_m2f_head():
     attn = dict(embed_dims=DIM, num_heads=4)
     ffn = dict(embed_dims=DIM, feedforward_channels=64)
-    options['model.decode_head'] = dict(
+    return dict(
         in_channels=[DIM] * 4, feat_channels=DIM, out_channels=DIM, num_queries=8,
         pixel_decoder=dict(
             norm_cfg=dict(type='GN', num_groups=4),
@@ -202,11 +213,37 @@ def test_mask2former_ade20k_train_and_evaluate(ade_root, tmp_path):
         transformer_decoder=dict(num_layers=2, layer_cfg=dict(
             self_attn_cfg=attn, cross_attn_cfg=attn, ffn_cfg=ffn)),
         train_cfg=dict(num_points=256))
-    metrics = _train_and_test_through_tools(tmp_path, M2F_ADE, options, show=True)
+
+
+def test_dinov3_mask2former_ade20k_train_test_and_show(ade_root, tmp_path):
+    """The DINOv3 ViT-7B segmentor leaf (``dinov3_vit7b16_ms``: the DINOv3 adapter over the
+    frozen ViT + Mask2Former) trains 2 iterations through ``tools/train.py`` with a tiny
+    ViT of the 7B's architecture, then ``tools/test.py --show-dir`` evaluates and draws."""
+    options = _tiny_options(ade_root, str(tmp_path / 'work'), 1, True, 150)
+    options = {k: v for k, v in options.items()
+               if not k.startswith(('model.backbone.', 'model.decode_head.'))}
+    # patch 16: crops and slide windows of 48 px
+    options['model.data_preprocessor.size'] = (48, 48)
+    options['model.test_cfg'] = dict(mode='slide', crop_size=(48, 48), stride=(32, 32))
+    for split in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        pipe = options[f'{split}.dataset.pipeline']
+        for t in pipe:
+            if t['type'] == 'RandomCrop':
+                t['crop_size'] = (48, 48)
+    # The leaf's 7B architecture (SwiGLU, 4 storage tokens, RoPE, layer scale) at 4 blocks
+    # of width 32, without its pretrained init_cfg.
+    options['model.backbone.backbone'] = dict(
+        _delete_=True, type='dino_mm.DinoVisionTransformer', arch='dinov3_vit7b16',
+        depth=4, embed_dim=DIM, num_heads=2)
+    options.update({'model.backbone.interaction_indexes': [0, 1, 2, 3],
+                    'model.backbone.conv_inplane': 8, 'model.backbone.deform_num_heads': 4})
+    options['model.decode_head'] = _tiny_m2f_head()
+    metrics = _train_and_test_through_tools(tmp_path, M2F_ADE_V3, options, show=True)
     assert 0.0 <= metrics['mIoU'] <= 100.0
     state = torch.load(osp.join(options['work_dir'], 'iter_2.pth'), map_location='cpu',
-                       weights_only=False)['state_dict']
-    assert 'backbone.interactions.1.injector.gamma' in state  # the leaf's ViT-Adapter
+                       weights_only=True)['state_dict']
+    assert any(k.startswith('backbone.backbone.blocks.3.') for k in state)
+    assert any(k.startswith('decode_head.transformer_decoder.') for k in state)
 
 
 def _iou_metric(samples, num_classes):
