@@ -157,7 +157,9 @@ def _train_and_test_through_tools(tmp_path, leaf, options, show=False):
     show_dir = str(tmp_path / 'show')
     extra = (['--show-dir', show_dir] if show else [])
     options_show = (['default_hooks.visualization.interval=1',
-                     'visualizer.name=seg_show_visualizer'] if show else [])
+                     # one name per test: mmengine hands back a same-named visualizer
+                     # (and its save_dir) made earlier in this process
+                     f'visualizer.name=seg_show_{tmp_path.name}'] if show else [])
     metrics = _load_tool('test').main([
         config, ckpt, '--work-dir', str(tmp_path / 'test'), '--out', out, *extra,
         '--cfg-options', 'test_dataloader.batch_size=1', *options_show])
