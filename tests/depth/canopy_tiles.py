@@ -3,9 +3,16 @@
 The RGB tile is a 3-band 8-bit GeoTIFF, the height map a single-band GeoTIFF in metres
 (here uint8, as the released CHMv2 maps) with ``GDAL_NODATA`` = 255 and a GDAL internal
 mask band (1 bit, NewSubfileType = 4 "mask", 0 = masked: the cloud flag). Both carry the
-GeoTIFF georeferencing tags of a 0.6 m EPSG:3857 grid, written with tifffile.
+GeoTIFF georeferencing tags of a 0.6 m EPSG:3857 grid, written by the tile writers of
+tools/dataset_converters/make_canopy_tiles.py (tifffile); the tests read them back with
+tifffile's own page flags (``is_mask``, ``is_geotiff``).
 """
+import importlib.util
+import os.path as osp
+
 import numpy as np
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # ModelPixelScale, ModelTiepoint, GeoKeyDirectory (projected, EPSG:3857)
 GEO_TAGS = [
@@ -16,30 +23,23 @@ GEO_TAGS = [
 NODATA = 255
 
 
+def _converter():
+    spec = importlib.util.spec_from_file_location(
+        '_dino_mm_make_canopy_tiles',
+        osp.join(ROOT, 'tools', 'dataset_converters', 'make_canopy_tiles.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def write_rgb(path, rgb):
-    import tifffile
-    tifffile.imwrite(str(path), np.ascontiguousarray(rgb), photometric='rgb',
-                     compression='zlib', tile=(16, 16), extratags=GEO_TAGS)
+    _converter().write_rgb_tile(str(path), rgb, GEO_TAGS)
 
 
 def write_chm(path, heights, nodata=NODATA, mask=None):
     """``heights`` as stored (e.g. uint8 metres); ``mask``: bool, False = masked (cloud)."""
-    import tifffile
-    extra = list(GEO_TAGS)
-    if nodata is not None:
-        extra.append((42113, 's', 0, str(nodata), True))
-    with tifffile.TiffWriter(str(path)) as tif:
-        tif.write(heights, photometric='minisblack', compression='zlib', tile=(16, 16),
-                  extratags=extra)
-        if mask is not None:
-            # tifffile does not write the "mask" subfile type; write a reduced-image page
-            # and turn it into GDAL's internal mask (NewSubfileType 4, Photometric 4).
-            tif.write(np.asarray(mask, bool), photometric='minisblack', compression='zlib',
-                      tile=(16, 16), subfiletype=1)
-    if mask is not None:
-        with tifffile.TiffFile(str(path), mode='r+') as tif:
-            tif.pages[1].tags['NewSubfileType'].overwrite(4)
-            tif.pages[1].tags['PhotometricInterpretation'].overwrite(4)
+    _converter().write_height_tile(str(path), heights, nodata=nodata, mask=mask,
+                                   extratags=GEO_TAGS)
 
 
 def synthetic_heights(rgb, seed):

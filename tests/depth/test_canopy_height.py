@@ -8,6 +8,8 @@ mask band) and the canopy-height metrics of Meta's evaluation.
 * ``dino_mm.CanopyHeightMetric`` equals scikit-learn's R² / MAE / MSE and torch's average
   pooling (the official block R²) on the same pixels.
 """
+import os.path as osp
+
 import cv2
 import numpy as np
 import pytest
@@ -153,3 +155,76 @@ def test_metric_skips_invalid_pixels_and_blocks():
                                img_path='cloudy')])
     with pytest.raises(RuntimeError, match='no tile with a valid height'):
         metric.compute_metrics(metric.results)
+
+
+# ---------------------------------------------------------------- the tiling converter
+def test_written_files_are_a_geotiff_with_gdal_mask(tmp_path):
+    import tifffile
+    write_chm(tmp_path / 'chm.tif', np.zeros((20, 20), np.uint8), mask=np.ones((20, 20)))
+    with tifffile.TiffFile(str(tmp_path / 'chm.tif')) as tif:
+        assert tif.pages[0].is_geotiff and not tif.pages[0].is_mask
+        assert tif.pages[1].is_mask and tif.pages[1].bitspersample == 1
+        assert tif.pages[0].tags['GDAL_NODATA'].value.strip('\x00') == '255'
+
+
+def test_converter_cuts_aligned_tiles_splits_scenes_and_skips_cloudy_tiles(tmp_path,
+                                                                            real_images):
+    import tifffile
+
+    from tests.depth.canopy_tiles import GEO_TAGS, _converter
+    conv = _converter()
+    scenes = []
+    for name, key in (('north', 'astronaut'), ('south', 'coffee')):
+        rgb = np.ascontiguousarray(real_images[key][:70, :100])
+        stored, mask, expected = synthetic_heights(rgb, seed=len(scenes))
+        mask[:32, 64:96] = False  # one tile fully under cloud
+        expected[:32, 64:96] = np.nan
+        write_rgb(tmp_path / f'{name}_rgb.tif', rgb)
+        write_chm(tmp_path / f'{name}.tif', stored, mask=mask)
+        scenes.append((name, rgb, expected))
+    (tmp_path / 'pairs.txt').write_text('north_rgb.tif north.tif\nsouth_rgb.tif south.tif\n')
+    out = tmp_path / 'tiles'
+    counts = conv.main(['--pairs', str(tmp_path / 'pairs.txt'), '--out', str(out),
+                        '--tile', '32', '--test-fraction', '0.5'])
+    # 2 x 3 tiles of 32 px per 70 x 100 scene, the cloudy one skipped: 5 per scene
+    assert counts == {'train': 5, 'test': 5}
+    tests = (out / 'test.txt').read_text().split()
+    test_scene = tests[0].split('/')[1].rsplit('_', 2)[0]
+    assert all(t.split('/')[1].startswith(test_scene) for t in tests)  # one scene per split
+    ds = CanopyHeightDataset(ann_file='train.txt', data_root=str(out),
+                             pipeline=[dict(type='mmcv.LoadImageFromFile'),
+                                       dict(type='dino_mm.LoadCanopyHeightMap')])
+    by_name = {name: (rgb, exp) for name, rgb, exp in scenes}
+    for i in range(len(ds)):
+        sample = ds[i]
+        scene, r, c = osp.basename(sample['img_path'])[:-4].rsplit('_', 2)
+        r, c = int(r), int(c)
+        rgb, exp = by_name[scene]
+        np.testing.assert_array_equal(sample['img'][..., ::-1], rgb[r:r + 32, c:c + 32])
+        window = exp[r:r + 32, c:c + 32]
+        gt = sample['gt_depth_map']
+        assert np.array_equal(gt == 0, np.isnan(window))
+        ok = ~np.isnan(window)
+        np.testing.assert_array_equal(gt[ok], np.maximum(window[ok], 1e-3))
+        with tifffile.TiffFile(sample['depth_map_path']) as tif:
+            tie = tif.pages[0].tags[33922].value
+        assert tie[3] == pytest.approx(GEO_TAGS[1][3][3] + c * 0.6)  # moved to the tile
+        assert tie[4] == pytest.approx(GEO_TAGS[1][3][4] - r * 0.6)
+
+
+def test_converter_errors_name_the_files(tmp_path, real_images):
+    from tests.depth.canopy_tiles import _converter
+    conv = _converter()
+    write_rgb(tmp_path / 'a_rgb.tif', real_images['coffee'][:40, :40])
+    write_chm(tmp_path / 'a.tif', np.zeros((40, 48), np.uint8))
+    (tmp_path / 'pairs.txt').write_text('a_rgb.tif a.tif\n')
+    with pytest.raises(ValueError, match=r'a\.tif is \(40, 48\) but .*a_rgb\.tif is'):
+        conv.main(['--pairs', str(tmp_path / 'pairs.txt'), '--out', str(tmp_path / 'o'),
+                   '--tile', '16'])
+    write_chm(tmp_path / 'a.tif', np.zeros((40, 40), np.uint8), mask=np.zeros((40, 40)))
+    with pytest.raises(ValueError, match='No training tile written'):
+        conv.main(['--pairs', str(tmp_path / 'pairs.txt'), '--out', str(tmp_path / 'o'),
+                   '--tile', '16'])
+    (tmp_path / 'bad.txt').write_text('only_one.tif\n')
+    with pytest.raises(ValueError, match=r'bad\.txt, line 1'):
+        conv.read_pairs(str(tmp_path / 'bad.txt'))

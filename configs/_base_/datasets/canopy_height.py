@@ -8,6 +8,8 @@
 #                                  internal mask band (e.g. cloud flag) mark pixels without
 #                                  ground truth. A 16-bit PNG works too: set depth_scale to
 #                                  its value per metre (100 for cm); there 0 means "no data".
+# tools/dataset_converters/make_canopy_tiles.py cuts aligned RGB / height GeoTIFF scenes
+# into this layout.
 # Bare ground (0 m) is a scored pixel: dino_mm.LoadCanopyHeightMap stores it as 1 mm (the
 # smallest CHMv2 height) because 0 means "no data" to the depth losses and the padding.
 dataset_type = 'dino_mm.CanopyHeightDataset'
