@@ -73,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps first')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile every backbone block on the dino_mm side '
+                        '(compile_backbone_blocks, what DINOFSDPStrategy(compile_blocks=True) '
+                        'does); the compilation happens in the warm-up steps')
     parser.add_argument('--json', default=None, help='also write the results here')
     parser.add_argument('--worker', choices=IMPLS + ('time', ), help=argparse.SUPPRESS)
     parser.add_argument('--out', help=argparse.SUPPRESS)
@@ -324,6 +328,10 @@ def _measure(fn: Callable[[], object], free_grads: Callable[[], None], iters: in
 
 def _build_impl(name: str, model, args: argparse.Namespace, device: torch.device):
     if name == 'dino_mm':
+        if args.compile:
+            from dino_mm.engine.fsdp import compile_backbone_blocks
+            for part in (model.student, model.teacher):
+                compile_backbone_blocks(part['backbone'])
         return DinoMMStep(model, device)
     return OfficialStep(model, args, device)
 
