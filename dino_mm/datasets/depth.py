@@ -260,6 +260,12 @@ class LoadCanopyHeightMap(LoadDepthMap):
         self.ground_height = float(ground_height)
 
     @staticmethod
+    def gdal_nodata(page) -> Optional[float]:
+        """The ``GDAL_NODATA`` value of a tifffile page (an ASCII tag), None without one."""
+        tag = page.tags.get('GDAL_NODATA')
+        return None if tag is None else float(str(tag.value).strip('\x00 '))
+
+    @staticmethod
     def _read_geotiff(path: str, local: str) -> Tuple[np.ndarray, np.ndarray]:
         """(heights as stored, valid mask) of the first full-resolution band."""
         # tifffile ships with scikit-image and imageio; imported here so that the other
@@ -279,10 +285,9 @@ class LoadCanopyHeightMap(LoadDepthMap):
                     'band (metres) with the cloud flag as its mask band, not an RGB or '
                     'multi-band raster.')
             valid = np.isfinite(raw) if raw.dtype.kind == 'f' else np.ones(raw.shape, bool)
-            nodata = page.tags.get('GDAL_NODATA')
+            nodata = LoadCanopyHeightMap.gdal_nodata(page)
             if nodata is not None:
-                value = float(str(nodata.value).strip('\x00 '))
-                valid &= ~np.isnan(raw) if np.isnan(value) else raw != value
+                valid &= ~np.isnan(raw) if np.isnan(nodata) else raw != nodata
             if masks:
                 mask = masks[0].asarray()
                 if mask.shape != raw.shape:
@@ -292,17 +297,16 @@ class LoadCanopyHeightMap(LoadDepthMap):
         return raw, valid
 
     def _read(self, path: str, scale: float) -> np.ndarray:
-        if not path.lower().endswith(self.TIFF_SUFFIXES):
+        if path.lower().endswith(self.TIFF_SUFFIXES):
+            with get_local_path(path) as local:
+                if not osp.isfile(local):
+                    raise FileNotFoundError(f'Cannot read canopy-height map {path} (missing).')
+                raw, valid = self._read_geotiff(path, local)
+            height = np.where(valid, raw, 0).astype(np.float32) / scale
+        else:  # 16-bit PNG: 0 = no data
             height = super()._read(path, scale)
-            return np.where(height > 0, np.maximum(height, self.ground_height), 0).astype(
-                np.float32)
-        with get_local_path(path) as local:
-            if not osp.isfile(local):
-                raise FileNotFoundError(f'Cannot read canopy-height map {path} (missing).')
-            raw, valid = self._read_geotiff(path, local)
-        height = np.where(valid, raw, 0).astype(np.float32) / scale
-        height = np.maximum(height, self.ground_height)
-        return np.where(valid, height, 0).astype(np.float32)
+            valid = height > 0
+        return np.where(valid, np.maximum(height, self.ground_height), 0).astype(np.float32)
 
     def transform(self, results: dict) -> dict:
         results = super().transform(results)
@@ -313,11 +317,12 @@ class LoadCanopyHeightMap(LoadDepthMap):
             # beyond max_depth" test cannot see a wrong unit; trees above 1.25 x the limit
             # (120 m for CHMv2) on more than 1 % of the measured pixels can.
             measured = height[height > 0]
-            if measured.size and (measured > 1.25 * max_depth).mean() > 0.01:
+            too_tall = (measured > 1.25 * max_depth).mean() if measured.size else 0.0
+            if too_tall > 0.01:
                 scale = float(self.depth_scale or results.get('depth_scale', 1.0))
                 raise ValueError(
                     f'Canopy-height map {results.get("depth_map_path")}: '
-                    f'{(measured > 1.25 * max_depth).mean():.0%} of the measured heights exceed '
+                    f'{too_tall:.0%} of the measured heights exceed '
                     f'{1.25 * max_depth:g} m after dividing by depth_scale={scale} (largest '
                     f'{measured.max():.1f} m); the file uses another unit (e.g. centimetres: '
                     'set depth_scale=100) or is not a height map.')

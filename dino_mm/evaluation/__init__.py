@@ -13,7 +13,8 @@ from .loops import FeatureEvalTestLoop, FrozenFeatureModel
 from .metrics import TrainFeatureMetric, accuracy_topk
 
 __all__ = [
-    'CanopyHeightMetric', 'block_means', 'DepthMetric', 'compute_depth_metrics', 'depth_eval_mask', 'DumpPredictions',
+    'CanopyHeightMetric', 'block_means', 'DepthMetric', 'compute_depth_metrics',
+    'depth_eval_mask', 'DumpPredictions',
     'extract_features', 'load_cached_features', 'save_cached_features',
     'parse_data_samples', 'KNNMetric', 'knn_class_scores', 'knn_evaluate', 'knn_topk',
     'OFFICIAL_LEARNING_RATES', 'LinearClassifier', 'LinearProbeGrid', 'LinearProbeMetric',

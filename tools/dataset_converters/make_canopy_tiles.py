@@ -153,9 +153,9 @@ def make_canopy_tiles(pairs: list, out: str, tile: int = 256, stride: int = None
                              f'{rgb.shape[:2]}: the pair must be aligned pixel for pixel.')
         with tifffile.TiffFile(chm_path) as tif:
             chm_geo = _georef(tif.pages[0])
-            nodata = tif.pages[0].tags.get(GDAL_NODATA)
-            nodata = (float(str(nodata.value).strip('\x00 ')) if nodata is not None else
-                      default_nodata(heights.dtype))
+            nodata = LoadCanopyHeightMap.gdal_nodata(tif.pages[0])
+            if nodata is None:
+                nodata = default_nodata(heights.dtype)
             if heights.dtype.kind != 'f' and not np.isnan(nodata):
                 nodata = int(nodata)
             scene = osp.splitext(osp.basename(chm_path))[0]
